@@ -1,0 +1,314 @@
+"""The `sinddm` command line: inspect, train, sample, convert-reference.
+
+Thin: parse and validate arguments, then call the library. Bad input exits with
+code 2 and one line that names the input and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EPILOG = "Docs and examples: README.md. Paper: Kulikov et al., SinDDM, ICML 2023."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too by default)
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _positive_int(name: str):
+    def parse(v: str) -> int:
+        try:
+            i = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {v!r}") from None
+        if i < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {i}")
+        return i
+    return parse
+
+
+def _seed(v: str) -> int:
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {v!r}") from None
+    if not 0 <= i < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2^63), got {i}")
+    return i
+
+
+def _size(v: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", v)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"--size must be HEIGHTxWIDTH in pixels, e.g. 200x400; got {v!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _factor(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale-hw factors must be numbers, got {v!r}") from None
+    if not 0 < f <= 64:
+        raise argparse.ArgumentTypeError(f"--scale-hw factors must be in (0, 64], got {v!r}")
+    return f
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sinddm", description="SinDDM: a diffusion model learned from a single image.",
+                epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    q = sub.add_parser("inspect", help="print the pyramid and noise schedule an image gets",
+                       description="Print the multiscale pyramid (sizes, factor, blur distances) and the "
+                                   "per-scale start timesteps for IMAGE.")
+    q.add_argument("image", help="the training image (PNG, JPEG, ...)")
+    q.add_argument("--max-pixels", type=_positive_int("--max-pixels"), default=50_000,
+                   help="pixel cap of the finest scale (default 50000, the paper's)")
+    q.add_argument("--json", action="store_true", help="print JSON: sizes_hw, n_scales, scale_factor, "
+                   "blur_distance, start_t")
+    q.add_argument("--preview", metavar="PNG", help="also write a picture of the pyramid")
+
+    t = sub.add_parser("train", help="train a model on one image",
+                       description="Train SinDDM on IMAGE. Writes RUN_DIR with model.safetensors (for "
+                                   "sampling), checkpoint.pt (for --resume), config.yaml, pyramid.png, "
+                                   "loss.csv, loss.png and samples_grid.png.")
+    t.add_argument("image", help="the training image")
+    t.add_argument("--config", help="YAML config (default: the paper recipe, configs/paper.yaml)")
+    t.add_argument("--out", help="run folder (default: runs/<image name>)")
+    t.add_argument("--steps", type=_positive_int("--steps"), help="total training steps (overrides the config)")
+    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
+    t.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw random samples at any size",
+                       description="Draw NUM samples from a trained model and write sample_XXX.png files "
+                                   "plus grid.png into --out.")
+    s.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
+    s.add_argument("--num", type=_positive_int("--num"), default=4, help="number of samples (default 4)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--scale-hw", nargs=2, type=_factor, metavar=("FH", "FW"),
+                   help="multiply every scale's height and width, e.g. 1 2 for a 1x2 panorama")
+    g.add_argument("--size", type=_size, metavar="HxW", help="finest output size in pixels, height first")
+    s.add_argument("--start-level", type=int, default=0, metavar="K",
+                   help="object size control: start the coarsest noise at level K's size (smaller objects)")
+    s.add_argument("--start-t", nargs="+", type=int, metavar="T",
+                   help="start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
+    s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    s.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
+    s.add_argument("--batch-size", type=_positive_int("--batch-size"),
+                   help="samples per batch (default: as many as fit in memory)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("convert-reference", help="turn a reference-implementation checkpoint into a run",
+                       description="Convert a checkpoint of the published SinDDM code ({'model', 'ema'}, keys "
+                                   "'denoise_fn.*') plus its training IMAGE into a run folder for 'sinddm sample'.")
+    c.add_argument("checkpoint", metavar="CKPT")
+    c.add_argument("image", metavar="IMAGE", help="the image the checkpoint was trained on")
+    c.add_argument("--out", required=True, metavar="RUN_DIR")
+    c.add_argument("--max-pixels", type=_positive_int("--max-pixels"), default=50_000,
+                   help="pixel cap used in training (default 50000)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    return p
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def cmd_inspect(args) -> int:
+    from .image_io import load_rgb
+    from .plots import pyramid_preview
+    from .pyramid import build_pyramid
+    from .schedule import Schedule, start_timesteps
+
+    pyr = build_pyramid(load_rgb(args.image), args.max_pixels, name=f"image '{args.image}'")
+    start_t = start_timesteps(Schedule.cosine(), pyr.blur_distance)
+    if args.preview:
+        pyramid_preview(pyr, args.preview, start_t)
+    if args.json:
+        print(json.dumps({"sizes_hw": [list(x) for x in pyr.sizes_hw], "n_scales": pyr.n_scales,
+                          "scale_factor": pyr.scale_factor, "blur_distance": pyr.blur_distance,
+                          "start_t": start_t}))
+        return 0
+    w, h = pyr.input_wh
+    print(f"image {args.image}: {w}x{h} px -> {pyr.n_scales} scales, factor r = {pyr.scale_factor:.4f}")
+    print(f"{'scale':>5} {'size (h x w)':>13} {'blur d':>8} {'T[s]':>5}")
+    for i, (hh, ww) in enumerate(pyr.sizes_hw):
+        d = f"{pyr.blur_distance[i - 1]:.4f}" if i else "-"
+        print(f"{i:>5} {f'{hh} x {ww}':>13} {d:>8} {start_t[i]:>5}")
+    return 0
+
+
+def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--overwrite") -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} '{path}': exists and is not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise UserError(f"{what} '{path}': exists and is not empty; choose another --out or pass {flag_hint}")
+        shutil.rmtree(path)
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .image_io import load_rgb
+    from .plots import pyramid_preview
+    from .pyramid import build_pyramid
+    from .schedule import Schedule, start_timesteps
+    from .training import Trainer, resolve_device
+
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.image).stem
+    config = load_config(args.config) if args.config else None
+    image = load_rgb(args.image)
+    if args.resume:
+        trainer = Trainer.resume(out, device, config)
+        max_pixels = trainer.config.image.max_pixels
+        if build_pyramid(image, max_pixels).sizes_hw != trainer.pyramid.sizes_hw:
+            raise UserError(f"--resume: image '{args.image}' is not the image the run in '{out}' was trained on")
+    else:
+        from .config import Config
+        config = config or Config()
+        pyr = build_pyramid(image, config.image.max_pixels, name=f"image '{args.image}'")
+        _prepare_out(out, args.overwrite, "run folder", "--overwrite (or --resume to continue it)")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml())
+        pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
+        trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image))
+    steps = args.steps or trainer.config.train.steps
+    if args.steps:
+        trainer.config.train.steps = steps
+    sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
+    print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
+          f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, steps {trainer.step} -> {steps}",
+          file=sys.stderr)
+    trainer.train(steps, progress=not args.quiet)
+    n = trainer.config.train.grid_samples
+    if n:
+        _write_training_grid(out, n, device, args.seed, args.quiet)
+    print(f"done: {out / 'model.safetensors'} (sample with: sinddm sample {out})", file=sys.stderr)
+    return 0
+
+
+def _write_training_grid(out: Path, n: int, device, seed: int, quiet: bool) -> None:
+    from PIL import Image
+
+    from .checkpoint import load_model
+    from .image_io import make_grid, to_uint8
+    from .pipeline import generate
+
+    loaded = load_model(out, device)
+    imgs = generate(loaded, n, loaded.pyramid.sizes_hw, loaded.start_t, seed=seed, device=device,
+                    progress=not quiet)
+    real = loaded.pyramid.levels[-1]
+    Image.fromarray(make_grid([real] + [to_uint8(x) for x in imgs])).save(out / "samples_grid.png")
+
+
+def _parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
+    if not values:
+        return default
+    n = len(default)
+    if len(values) == n - 1:
+        values = [default[0]] + list(values)
+    elif len(values) != n:
+        raise UserError(f"--start-t: give {n - 1} values (T[1]..T[{n - 1}]) or {n} (T[0]..T[{n - 1}]), "
+                        f"got {len(values)}")
+    if not 1 <= values[0] <= 100:
+        raise UserError(f"--start-t: T[0] must be in 1..100, got {values[0]}")
+    for s, v in enumerate(values[1:], start=1):
+        if not 1 <= v <= 99:
+            raise UserError(f"--start-t: T[{s}] must be in 1..99, got {v}")
+    return list(values)
+
+
+def cmd_sample(args) -> int:
+    from PIL import Image
+
+    from .checkpoint import load_model
+    from .image_io import make_grid, to_uint8
+    from .pipeline import generate
+    from .pyramid import sample_sizes
+    from .training import resolve_device
+
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device)
+    pyr = loaded.pyramid
+    if not 0 <= args.start_level < pyr.n_scales:
+        raise UserError(f"--start-level must be in 0..{pyr.n_scales - 1}, got {args.start_level}")
+    sizes = sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=args.scale_hw, size_hw=args.size,
+                         start_level=args.start_level)
+    if min(min(hw) for hw in sizes) < 4:
+        raise UserError(f"requested size too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px; "
+                        "use a larger --size or --scale-hw")
+    if max(h * w for h, w in sizes) > 64_000_000:
+        raise UserError("requested size too large (over 64 Mpx at the finest scale); use a smaller --size")
+    start_t = _parse_start_t(args.start_t, loaded.start_t)
+    default_out = (loaded.path.parent if loaded.path.name in ("model.safetensors", "checkpoint.pt")
+                   else Path(".")) / "samples"
+    out = Path(args.out) if args.out else default_out
+    _prepare_out(out, args.overwrite, "output folder")
+    imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
+                    device=device, progress=not args.quiet)
+    arrays = [to_uint8(x) for x in imgs]
+    out.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(out / f"sample_{i:03d}.png")
+    Image.fromarray(make_grid(arrays)).save(out / "grid.png")
+    h, w = sizes[-1]
+    print(f"wrote {len(arrays)} samples of {w}x{h} px and grid.png to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .checkpoint import MODEL_FILE, save_model
+    from .config import Config
+    from .convert import load_reference_checkpoint
+    from .image_io import load_rgb
+    from .model import infer_width
+    from .plots import pyramid_preview
+    from .pyramid import build_pyramid
+    from .schedule import Schedule, start_timesteps
+
+    weights = load_reference_checkpoint(args.checkpoint)
+    pyr = build_pyramid(load_rgb(args.image), args.max_pixels, name=f"image '{args.image}'")
+    config = Config()
+    config.model.dim = infer_width(weights)
+    config.image.max_pixels = args.max_pixels
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite, "run folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml())
+    save_model(out / MODEL_FILE, weights, pyr, config, step=0, source=f"reference:{args.checkpoint}")
+    pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
+    print(f"wrote {out / MODEL_FILE} (width {config.model.dim}, {pyr.n_scales} scales)", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"inspect": cmd_inspect, "train": cmd_train, "sample": cmd_sample, "convert-reference": cmd_convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

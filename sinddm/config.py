@@ -1,0 +1,129 @@
+"""Training configuration: typed sections, YAML in and out, strict validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ImageConfig:
+    max_pixels: int = 50_000
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 160
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 120_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_milestones: list[int] = field(default_factory=lambda: [20_000, 40_000, 70_000, 80_000, 90_000, 110_000])
+    lr_gamma: float = 0.5
+    ema_decay: float = 0.995
+    ema_every: int = 10
+    ema_start: int = 2_000       # before this step the EMA is a copy of the live weights
+    checkpoint_every: int = 10_000
+    log_every: int = 100         # loss is read back (a host sync on GPU) this often
+    grid_samples: int = 4        # samples drawn for the grid at the end of training
+
+
+@dataclass
+class Config:
+    image: ImageConfig = field(default_factory=ImageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTIONS = {"image": ImageConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _check_type(where: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(f"{where}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Config:
+    """Defaults overridden by `data`; unknown keys and wrong types are errors."""
+    cfg = Config()
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of sections (image, model, train)")
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise UserError(f"{source}: unknown section '{section}'; known: {', '.join(_SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section '{section}' must be a mapping")
+        target = getattr(cfg, section)
+        known = {f.name for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in known:
+                raise UserError(f"{source}: unknown key '{section}.{key}'; known: {', '.join(sorted(known))}")
+            setattr(target, key, _check_type(f"{source}: {section}.{key}", value, getattr(target, key)))
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise UserError(f"{source}: {msg}")
+
+    need(cfg.image.max_pixels >= 42 * 42, "image.max_pixels must be at least 1764 (42x42)")
+    need(cfg.model.dim >= 2 and cfg.model.dim % 2 == 0, "model.dim must be an even number >= 2")
+    t = cfg.train
+    need(t.steps >= 1, "train.steps must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size must be >= 1")
+    need(t.lr > 0, "train.lr must be > 0")
+    need(0 < t.lr_gamma <= 1, "train.lr_gamma must be in (0, 1]")
+    need(0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+    need(t.ema_every >= 1, "train.ema_every must be >= 1")
+    need(t.ema_start >= 0, "train.ema_start must be >= 0")
+    need(t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1")
+    need(t.log_every >= 1, "train.log_every must be >= 1")
+    need(t.grid_samples >= 0, "train.grid_samples must be >= 0")
+    need(list(t.lr_milestones) == sorted(t.lr_milestones), "train.lr_milestones must be increasing")
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config '{path}': no such file; see configs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config '{path}': not valid YAML{where}; fix the syntax") from None
+    return config_from_dict(data, source=f"config '{path}'")

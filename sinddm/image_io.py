@@ -1,0 +1,100 @@
+"""Reading any picture into 8-bit RGB, and writing tensors back out as PNGs."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+# Refuse to decode anything larger: a decompression bomb would exhaust memory.
+MAX_DECODE_PIXELS = 64_000_000
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open `path`, apply EXIF orientation and convert any mode to 8-bit RGB."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"image '{path}': no such file; give the path of a PNG or JPEG picture")
+    if path.is_dir():
+        raise UserError(f"image '{path}': is a folder; give the path of a picture file")
+    if path.stat().st_size == 0:
+        raise UserError(f"image '{path}': the file is empty; give a valid picture file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
+            with Image.open(path) as img:
+                img.seek(0)  # first frame of animations
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                rgb = _to_rgb8(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(
+            f"image '{path}': more than {MAX_DECODE_PIXELS:,} pixels; downscale it before training"
+        ) from None
+    except UnidentifiedImageError:
+        raise UserError(f"image '{path}': not a picture Pillow can read; give a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"image '{path}': cannot be decoded ({e}); re-export it as PNG") from None
+    if rgb.width == 0 or rgb.height == 0:
+        raise UserError(f"image '{path}': has zero size; give a non-empty picture")
+    return rgb
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: scale to 8 bits (Pillow's convert would clip at 255).
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if a.max(initial=0) > 255 else 255.0
+        a = np.clip(np.round(a * 255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = np.clip(np.round(a * (255.0 if a.max(initial=0) <= 1.0 else 1.0)), 0, 255)
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparency over white rather than exposing hidden colours.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
+    """uint8 H×W×3 picture → float tensor 3×H×W in [-1, 1]."""
+    a = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float tensor 3×H×W in [-1, 1] → uint8 H×W×3 array."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def save_png(x: torch.Tensor | np.ndarray, path: str | os.PathLike) -> None:
+    a = to_uint8(x) if isinstance(x, torch.Tensor) else x
+    Image.fromarray(a).save(path)
+
+
+def make_grid(images: list[np.ndarray], pad: int = 2, ncol: int | None = None,
+              background: int = 255) -> np.ndarray:
+    """Tile uint8 pictures (sizes may differ) into one picture, row-major."""
+    n = len(images)
+    ncol = ncol or min(n, max(1, math.ceil(math.sqrt(n))))
+    nrow = math.ceil(n / ncol)
+    cell_h = max(a.shape[0] for a in images)
+    cell_w = max(a.shape[1] for a in images)
+    grid = np.full((nrow * (cell_h + pad) + pad, ncol * (cell_w + pad) + pad, 3), background, np.uint8)
+    for i, a in enumerate(images):
+        r, c = divmod(i, ncol)
+        y, x = pad + r * (cell_h + pad), pad + c * (cell_w + pad)
+        grid[y:y + a.shape[0], x:x + a.shape[1]] = a
+    return grid

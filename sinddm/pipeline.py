@@ -1,0 +1,55 @@
+"""Batch generation on top of the samplers: memory-safe batches and per-batch seeds."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import LoadedModel
+from .samplers import sample_pyramid
+
+# Rough float32 bytes per pixel per sample held at once by the denoiser's forward
+# pass under no_grad (a few feature maps of `dim` channels plus the image tensors).
+_LIVE_MAPS = 6
+
+
+def auto_batch_size(sizes_hw: list[tuple[int, int]], dim: int, device: torch.device) -> int:
+    """The largest batch whose finest-scale activations fit a conservative budget."""
+    h, w = sizes_hw[-1]
+    per_sample = h * w * dim * 4 * _LIVE_MAPS
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 2
+    else:
+        budget = 2 * 1024 ** 3
+    return max(1, int(budget // max(per_sample, 1)))
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """Seed of batch `index`: samples depend on (seed, batch size), not on how many are asked for."""
+    return seed + 1_000_003 * index
+
+
+def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
+             seed: int = 0, batch_size: int | None = None, device: torch.device | str = "cpu",
+             progress: bool = True) -> list[torch.Tensor]:
+    """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid."""
+    device = torch.device(device)
+    model = loaded.model.to(device).eval()
+    schedule = loaded.schedule.to(device)
+    gammas = loaded.gammas.to(device)
+    bs = batch_size or auto_batch_size(sizes_hw, model.dim, device)
+    n_batches = math.ceil(num / bs)
+    steps_per_batch = sum(start_t)
+    out: list[torch.Tensor] = []
+    with tqdm(total=n_batches * steps_per_batch, desc="sample", unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for b in range(n_batches):
+            n = min(bs, num - b * bs)
+            gen = torch.Generator(device=device).manual_seed(batch_seed(seed, b))
+            outs = sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
+                                  device=device, progress=bar)
+            out.extend(outs[-1].cpu())
+    return out

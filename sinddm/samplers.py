@@ -1,0 +1,124 @@
+"""Samplers: plain functions over a denoiser and a `Schedule` (DESIGN §5).
+
+`model(x, t, scale)` predicts ε. Noise comes from a `noise_sampler(t)` callable so
+that tests can replay recorded noise and callers can choose their generator.
+An optional `x0_hook(x0, t)` sees (and may replace) every clamped x̂0: guidance and
+region edits plug in there.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import SAMPLING_GAMMA_MAX, Schedule
+
+NoiseSampler = Callable[[int], torch.Tensor]
+X0Hook = Optional[Callable[[torch.Tensor, int], torch.Tensor]]
+
+
+def default_noise_sampler(like: torch.Tensor, generator: torch.Generator | None = None) -> NoiseSampler:
+    """Fresh N(0, I) noise shaped like `like` at every call, from `generator`."""
+    return lambda t: torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _at(table: torch.Tensor, t: int) -> torch.Tensor:
+    return table[t]
+
+
+def predict_x0(schedule: Schedule, x_t: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+    """x̂0 = sqrt(1/ᾱ_t) x_t - sqrt(1/ᾱ_t - 1) ε̂ (Ho et al. 2020, eq. 15)."""
+    return _at(schedule.sqrt_recip_alphas_cumprod, t) * x_t - _at(schedule.sqrt_recipm1_alphas_cumprod, t) * eps
+
+
+def q_sample(schedule: Schedule, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (Ho et al. 2020, eq. 4)."""
+    return _at(schedule.sqrt_alphas_cumprod, t) * x0 + _at(schedule.sqrt_one_minus_alphas_cumprod, t) * noise
+
+
+@torch.no_grad()
+def ddpm_step(model, schedule: Schedule, x: torch.Tensor, t: int, scale: int, noise: torch.Tensor,
+              x0_hook: X0Hook = None) -> torch.Tensor:
+    """One ancestral step x_t → x_{t-1} through the posterior q(x_{t-1} | x_t, x̂0) (Ho et al. 2020, eq. 6-7)."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    x0 = predict_x0(schedule, x, t, model(x, tt, scale).float()).clamp(-1, 1)
+    if x0_hook is not None:
+        x0 = x0_hook(x0, t)
+    mean = _at(schedule.posterior_mean_coef1, t) * x0 + _at(schedule.posterior_mean_coef2, t) * x
+    if t == 0:
+        return mean
+    return mean + torch.exp(0.5 * _at(schedule.posterior_log_variance_clipped, t)) * noise
+
+
+@torch.no_grad()
+def sample_ddpm(model, schedule: Schedule, x_start: torch.Tensor, scale: int, noise_sampler: NoiseSampler,
+                t_start: int | None = None, x0_hook: X0Hook = None, progress=None) -> torch.Tensor:
+    """Ancestral sampling t = t_start-1 .. 0 from pure noise `x_start` (Ho et al. 2020, Alg. 2)."""
+    x = x_start
+    t_start = schedule.num_timesteps if t_start is None else t_start
+    for t in range(t_start - 1, -1, -1):
+        # Noise is drawn at t = 0 too (and not used) to keep the reference's RNG stream.
+        x = ddpm_step(model, schedule, x, t, scale, noise_sampler(t), x0_hook)
+        if progress is not None:
+            progress.update(1)
+    return x
+
+
+@torch.no_grad()
+def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int, t_start: int,
+                   gammas: torch.Tensor, noise: torch.Tensor, x0_hook: X0Hook = None,
+                   gamma_max: float = SAMPLING_GAMMA_MAX, progress=None) -> torch.Tensor:
+    """SinDDM's finer-scale sampling: noise x̃ to T[s], then DDIM (σ = 0) steps on the
+    blur/clean mixture x^mix = γ x̃ + (1-γ) x (SinDDM, Sec. 3 and Alg. 2).
+
+    `gammas` is γ_t^s for this scale, length T, clamped here to [0, gamma_max].
+    """
+    g = gammas.to(x_blurry.device).clamp(0, gamma_max)
+    sqrt_ac = schedule.sqrt_alphas_cumprod
+    sqrt_1m = schedule.sqrt_one_minus_alphas_cumprod
+    x = q_sample(schedule, x_blurry, t_start, noise)
+    for t in range(t_start - 1, -1, -1):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x_mix = predict_x0(schedule, x, t, model(x, tt, scale).float())
+        x0 = (x_mix - g[t] * x_blurry) / (1 - g[t])
+        if x0_hook is not None:
+            x0 = x0_hook(x0, t)
+        if t == 0:
+            x = x0.clamp(-1, 1)
+        else:
+            x_mix_prev = (g[t - 1] * x_blurry + (1 - g[t - 1]) * x0).clamp(-1, 1)
+            eps_dir = (x - sqrt_ac[t] * x_mix.clamp(-1, 1)) / sqrt_1m[t]
+            x = sqrt_ac[t - 1] * x_mix_prev + sqrt_1m[t - 1] * eps_dir
+        if progress is not None:
+            progress.update(1)
+    return x
+
+
+def upsample(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """The previous scale's output at this scale's size: bilinear, align_corners=False."""
+    return F.interpolate(x, size=tuple(size_hw), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
+                   start_t: list[int], batch: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu", x0_hook: X0Hook = None,
+                   progress=None) -> list[torch.Tensor]:
+    """Coarse-to-fine generation of `batch` images; returns every scale's output.
+
+    `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
+    """
+    outputs = []
+    x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
+    x = sample_ddpm(model, schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],
+                    x0_hook=x0_hook, progress=progress)
+    outputs.append(x)
+    for s in range(1, len(sizes_hw)):
+        x_blurry = upsample(x, sizes_hw[s])
+        noise = torch.randn(x_blurry.shape, generator=generator, device=device)
+        x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
+                           x0_hook=x0_hook, progress=progress)
+        outputs.append(x)
+    return outputs

@@ -1,0 +1,31 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "golden"
+ASSETS = Path(__file__).parent.parent / "assets"
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture(scope="session")
+def golden_json():
+    return json.loads((GOLDEN / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden():
+    return torch.load(GOLDEN / "reference.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def reference_net(golden):
+    """The recorded dim-32 denoiser, loaded through the reference-key converter."""
+    from sinddm.convert import from_reference_state_dict
+    from sinddm.model import Denoiser
+
+    sd = {k[len("net/params/"):]: v for k, v in golden.items() if k.startswith("net/params/")}
+    net = Denoiser(32)
+    net.load_state_dict(from_reference_state_dict(sd))
+    return net.eval()
