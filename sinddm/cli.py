@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int("--steps"), help="total training steps (overrides the config)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     t.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    t.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
+                   help="fast: bf16 autocast and CUDA graphs on GPU; fp32: the exact reference arithmetic "
+                        "(default auto: fast on CUDA, fp32 on CPU)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int("--batch-size"),
                    help="samples per batch (default: as many as fit in memory)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    s.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
+                   help="fast: bf16 network and CUDA graphs on GPU; fp32: exact (default auto: fast on CUDA)")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -173,7 +178,7 @@ def cmd_train(args) -> int:
     config = load_config(args.config) if args.config else None
     image = load_rgb(args.image)
     if args.resume:
-        trainer = Trainer.resume(out, device, config)
+        trainer = Trainer.resume(out, device, config, precision=args.precision)
         max_pixels = trainer.config.image.max_pixels
         if build_pyramid(image, max_pixels).sizes_hw != trainer.pyramid.sizes_hw:
             raise UserError(f"--resume: image '{args.image}' is not the image the run in '{out}' was trained on")
@@ -185,23 +190,25 @@ def cmd_train(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml())
         pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
-        trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image))
+        trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image),
+                          precision=args.precision)
     steps = args.steps or trainer.config.train.steps
     if args.steps:
         trainer.config.train.steps = steps
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
     print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
-          f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, steps {trainer.step} -> {steps}",
+          f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, precision {trainer.precision}, "
+          f"steps {trainer.step} -> {steps}",
           file=sys.stderr)
     trainer.train(steps, progress=not args.quiet)
     n = trainer.config.train.grid_samples
     if n:
-        _write_training_grid(out, n, device, args.seed, args.quiet)
+        _write_training_grid(out, n, device, args.seed, args.quiet, args.precision)
     print(f"done: {out / 'model.safetensors'} (sample with: sinddm sample {out})", file=sys.stderr)
     return 0
 
 
-def _write_training_grid(out: Path, n: int, device, seed: int, quiet: bool) -> None:
+def _write_training_grid(out: Path, n: int, device, seed: int, quiet: bool, precision: str) -> None:
     from PIL import Image
 
     from .checkpoint import load_model
@@ -210,7 +217,7 @@ def _write_training_grid(out: Path, n: int, device, seed: int, quiet: bool) -> N
 
     loaded = load_model(out, device)
     imgs = generate(loaded, n, loaded.pyramid.sizes_hw, loaded.start_t, seed=seed, device=device,
-                    progress=not quiet)
+                    progress=not quiet, precision=precision)
     real = loaded.pyramid.levels[-1]
     Image.fromarray(make_grid([real] + [to_uint8(x) for x in imgs])).save(out / "samples_grid.png")
 
@@ -259,7 +266,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out) if args.out else default_out
     _prepare_out(out, args.overwrite, "output folder")
     imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
-                    device=device, progress=not args.quiet)
+                    device=device, progress=not args.quiet, precision=args.precision)
     arrays = [to_uint8(x) for x in imgs]
     out.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(arrays):

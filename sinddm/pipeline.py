@@ -34,9 +34,12 @@ def batch_seed(seed: int, index: int) -> int:
 
 def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
              seed: int = 0, batch_size: int | None = None, device: torch.device | str = "cpu",
-             progress: bool = True) -> list[torch.Tensor]:
+             progress: bool = True, precision: str = "fp32") -> list[torch.Tensor]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid."""
+    from .training import resolve_precision
+
     device = torch.device(device)
+    precision = resolve_precision(precision, device)  # 'fast' is not implemented yet: runs fp32
     model = loaded.model.to(device).eval()
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)

@@ -37,6 +37,15 @@ def diffusion_loss(model, schedule: Schedule, clean: torch.Tensor, blurry: torch
     return (model(x_t, t, scale).float() - noise).abs().mean()
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is 'fast' on CUDA and 'fp32' elsewhere; 'fast' falls back to fp32 off CUDA."""
+    if precision not in ("auto", "fp32", "fast"):
+        raise UserError(f"--precision {precision}: use auto, fp32 or fast")
+    if device.type != "cuda":
+        return "fp32"
+    return "fast" if precision == "auto" else precision
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,8 +61,9 @@ class Trainer:
     """Owns the model, its EMA, the optimizer and every RNG, and writes a run folder."""
 
     def __init__(self, config: Config, pyramid: Pyramid, out_dir: str | Path, device: torch.device,
-                 seed: int = 0, source: str = ""):
+                 seed: int = 0, source: str = "", precision: str = "fp32"):
         self.config, self.pyramid, self.device = config, pyramid, device
+        self.precision = resolve_precision(precision, device)
         self.out_dir = Path(out_dir)
         self.seed, self.source = seed, source
         tc = config.train
@@ -150,7 +160,8 @@ class Trainer:
             loss_curve(list(steps), list(losses), self.out_dir / "loss.png")
 
     @classmethod
-    def resume(cls, run_dir: str | Path, device: torch.device, config: Config | None = None) -> "Trainer":
+    def resume(cls, run_dir: str | Path, device: torch.device, config: Config | None = None,
+               precision: str = "fp32") -> "Trainer":
         """Rebuild a trainer from `run_dir/checkpoint.pt`, every RNG included.
 
         `config` may change only `train.steps` (and other train-loop lengths); anything
@@ -167,7 +178,7 @@ class Trainer:
                                 f"'{run_dir}'; resume with the run's own config")
             saved.train = config.train
         trainer = cls(saved, pyramid_from_state(state["pyramid"]), run_dir, device,
-                      seed=state["seed"], source=state["source"])
+                      seed=state["seed"], source=state["source"], precision=precision)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
