@@ -123,19 +123,23 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     if meta_raw is None:
         raise UserError(f"model '{p}': no sinddm metadata; convert reference checkpoints with "
                         "'sinddm convert-reference'")
-    meta = json.loads(meta_raw)
-    if meta.get("format") != FORMAT:
-        raise UserError(f"model '{p}': format {meta.get('format')!r} is not supported (expected {FORMAT!r})")
-    facts = meta["pyramid"]
-    n = facts["n_scales"]
-    levels = [tensors[f"pyramid.level.{i}"].numpy() for i in range(n)]
-    blurry = [None] + [tensors[f"pyramid.blurry.{i}"].numpy() for i in range(1, n)]
-    pyramid = Pyramid(input_wh=tuple(facts["input_wh"]), scale_factor=facts["scale_factor"],
-                      levels=levels, blurry=blurry, blur_distance=list(facts["blur_distance"]))
-    weights = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
-    config = config_from_dict(meta["config"], source=f"model '{p}'")
-    model = Denoiser(infer_width(weights))
-    model.load_state_dict(weights)
+    try:
+        meta = json.loads(meta_raw)
+        if meta.get("format") != FORMAT:
+            raise UserError(f"model '{p}': format {meta.get('format')!r} is not supported (expected {FORMAT!r})")
+        facts = meta["pyramid"]
+        n = facts["n_scales"]
+        levels = [tensors[f"pyramid.level.{i}"].numpy() for i in range(n)]
+        blurry = [None] + [tensors[f"pyramid.blurry.{i}"].numpy() for i in range(1, n)]
+        pyramid = Pyramid(input_wh=tuple(facts["input_wh"]), scale_factor=facts["scale_factor"],
+                          levels=levels, blurry=blurry, blur_distance=list(facts["blur_distance"]))
+        weights = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        config = config_from_dict(meta["config"], source=f"model '{p}'")
+        model = Denoiser(infer_width(weights))
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise UserError(f"model '{p}': incomplete or inconsistent model file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); retrain or re-convert it") from None
     model.to(device).eval()
     return LoadedModel(model=model, pyramid=pyramid, config=config, step=int(meta.get("step", 0)), path=p)
 
@@ -157,10 +161,14 @@ def pyramid_from_state(state: dict[str, Any]) -> Pyramid:
 
 def _load_from_train_state(p: Path, device) -> LoadedModel:
     state = load_train_state(p)
-    config = config_from_dict(state["config"], source=f"checkpoint '{p}'")
-    pyramid = pyramid_from_state(state["pyramid"])
-    model = Denoiser(config.model.dim)
-    model.load_state_dict(ema_weights(state["ema"]))
+    try:
+        config = config_from_dict(state["config"], source=f"checkpoint '{p}'")
+        pyramid = pyramid_from_state(state["pyramid"])
+        model = Denoiser(config.model.dim)
+        model.load_state_dict(ema_weights(state["ema"]))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise UserError(f"checkpoint '{p}': incomplete or inconsistent training checkpoint ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); sample from model.safetensors instead") from None
     model.to(device).eval()
     return LoadedModel(model=model, pyramid=pyramid, config=config, step=int(state["step"]), path=p)
 

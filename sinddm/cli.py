@@ -132,12 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------
 
+def _check_picture_path(path: Path, flag: str) -> None:
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UserError(f"{flag} '{path}': unknown picture type '{path.suffix}'; give a .png file name")
+    if path.is_dir():
+        raise UserError(f"{flag} '{path}': is a folder; give a .png file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} '{path}': folder '{path.parent}' does not exist; create it first")
+
+
 def cmd_inspect(args) -> int:
     from .image_io import load_rgb
     from .plots import pyramid_preview
     from .pyramid import build_pyramid
     from .schedule import Schedule, start_timesteps
 
+    if args.preview:
+        _check_picture_path(Path(args.preview), "--preview")
     pyr = build_pyramid(load_rgb(args.image), args.max_pixels, name=f"image '{args.image}'")
     start_t = start_timesteps(Schedule.cosine(), pyr.blur_distance)
     if args.preview:
@@ -156,13 +169,28 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--overwrite") -> None:
+def _check_parent(path: Path, what: str, flag: str = "--out") -> None:
+    """The nearest existing ancestor of `path` must be a folder (else mkdir/save fail with a traceback)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{what} '{path}': '{parent}' is a file, not a folder; choose another {flag}")
+
+
+def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--overwrite",
+                 remove: bool = True) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} '{path}': exists and is not a folder; choose another --out")
+    _check_parent(path, what)
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise UserError(f"{what} '{path}': exists and is not empty; choose another --out or pass {flag_hint}")
-        shutil.rmtree(path)
+        if remove:
+            if not any((path / f).exists() for f in ("model.safetensors", "checkpoint.pt", "config.yaml")):
+                raise UserError(f"{what} '{path}': is not a sinddm run folder; --overwrite only replaces runs, "
+                                "choose another --out")
+            shutil.rmtree(path)
 
 
 def cmd_train(args) -> int:
@@ -187,6 +215,8 @@ def cmd_train(args) -> int:
         config = config or Config()
         pyr = build_pyramid(image, config.image.max_pixels, name=f"image '{args.image}'")
         _prepare_out(out, args.overwrite, "run folder", "--overwrite (or --resume to continue it)")
+        if args.steps:
+            config.train.steps = args.steps
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml())
         pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
@@ -195,6 +225,7 @@ def cmd_train(args) -> int:
     steps = args.steps or trainer.config.train.steps
     if args.steps:
         trainer.config.train.steps = steps
+        (out / "config.yaml").write_text(trainer.config.to_yaml())
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
     print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
           f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, precision {trainer.precision}, "
@@ -264,11 +295,15 @@ def cmd_sample(args) -> int:
     default_out = (loaded.path.parent if loaded.path.name in ("model.safetensors", "checkpoint.pt")
                    else Path(".")) / "samples"
     out = Path(args.out) if args.out else default_out
-    _prepare_out(out, args.overwrite, "output folder")
+    # --overwrite writes into the folder; it never empties it (it may be the run folder itself).
+    _prepare_out(out, args.overwrite, "output folder", remove=False)
     imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
                     device=device, progress=not args.quiet, precision=args.precision)
     arrays = [to_uint8(x) for x in imgs]
     out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("sample_*.png"), out / "grid.png"]:  # no stale samples of an earlier call
+        if old.is_file():
+            old.unlink()
     for i, a in enumerate(arrays):
         Image.fromarray(a).save(out / f"sample_{i:03d}.png")
     Image.fromarray(make_grid(arrays)).save(out / "grid.png")

@@ -55,10 +55,24 @@ def load_reference_checkpoint(path: str) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint '{path}': cannot be read as a PyTorch checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint '{path}': not a reference checkpoint (expected a dict with 'ema' or 'model')")
-    sd = ckpt.get("ema") or ckpt.get("model") or ckpt
+    sd = next((ckpt[k] for k in ("ema", "model") if isinstance(ckpt.get(k), dict) and ckpt[k]), ckpt)
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and torch.is_tensor(v)}
     weights = from_reference_state_dict(sd, prefix="denoise_fn.")
     if not weights:
         weights = from_reference_state_dict(sd)
     if "blocks.1.conv1.weight" not in weights:
         raise UserError(f"checkpoint '{path}': no SinDDM denoiser weights found (keys 'denoise_fn.l1...' expected)")
+    _check_complete(weights, path)
     return weights
+
+
+def _check_complete(weights: dict[str, torch.Tensor], path: str) -> None:
+    """Refuse missing or misshapen entries now rather than failing later when sampling."""
+    from .model import Denoiser, infer_width
+
+    try:
+        Denoiser(infer_width(weights)).load_state_dict(weights)
+    except (RuntimeError, ValueError) as e:
+        detail = " ".join(str(e).split())
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
+        raise UserError(f"checkpoint '{path}': the denoiser weights do not fit SinDDM's network ({detail})") from None

@@ -42,7 +42,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise UserError(f"image '{path}': not a picture Pillow can read; give a PNG or JPEG file") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"image '{path}': cannot be decoded ({e}); re-export it as PNG") from None
+        raise UserError(f"image '{path}': cannot be decoded ({e}); the file may be truncated or corrupt") from None
     if rgb.width == 0 or rgb.height == 0:
         raise UserError(f"image '{path}': has zero size; give a non-empty picture")
     return rgb
@@ -50,9 +50,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 def _to_rgb8(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit grey: scale to 8 bits (Pillow's convert would clip at 255).
+        # 16/32-bit grey: scale to 8 bits (Pillow's convert would clip at 255). 16-bit
+        # modes are always 0..65535; 32-bit 'I' (how Pillow opens some 16-bit PNGs) by range.
         a = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if a.max(initial=0) > 255 else 255.0
+        peak = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
         a = np.clip(np.round(a * 255.0 / peak), 0, 255).astype(np.uint8)
         return Image.fromarray(a, "L").convert("RGB")
     if img.mode == "F":

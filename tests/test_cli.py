@@ -1,0 +1,464 @@
+"""The `sinddm` command line end to end, in-process, on tiny images and tiny models.
+
+One smoke training run (configs/smoke.yaml, a few steps) is shared by the module's
+tests. Sampling tests pass small `--start-t` values so that each call runs a handful
+of network evaluations instead of ~200.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sinddm.checkpoint import load_model
+from sinddm.cli import main
+from sinddm.config import load_config
+from sinddm.convert import from_reference_state_dict
+from sinddm.image_io import load_rgb, make_grid
+from sinddm.pyramid import build_pyramid
+
+from .conftest import CONFIGS, GOLDEN
+
+SMALL = GOLDEN / "small_120x90.png"
+SMOKE_STEPS = 4
+FAST_T = ["--start-t", "2", "1", "1"]  # T[0..2] for a 3-scale model: 4 network calls per batch
+GOLDEN_CASES = ["small_120x90", "land_248x186", "portrait_186x248", "big_400x300", "pano_600x100"]
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.mode == "RGB"
+        return np.asarray(im).copy()
+
+
+def sample(model, out, *extra, fast=True) -> int:
+    return cli("sample", model, "--out", out, "--device", "cpu", "--quiet", *(FAST_T if fast else []), *extra)
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tensors here are tiny: one intra-op thread is as fast, and immune to busy cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`sinddm train` with the shipped smoke config, cut to a few steps."""
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    rc = cli("train", SMALL, "--config", CONFIGS / "smoke.yaml", "--out", run, "--steps", SMOKE_STEPS,
+             "--device", "cpu", "--seed", 0, "--quiet")
+    assert rc == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def smoke_pyramid():
+    return build_pyramid(load_rgb(SMALL), load_config(CONFIGS / "smoke.yaml").image.max_pixels)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """Even smaller than smoke: 2 scales, width 8, batch 2, no grid; every schedule edge inside 8 steps."""
+    cfg = {
+        "image": {"max_pixels": 6000},
+        "model": {"dim": 8},
+        "train": {"steps": 8, "batch_size": 2, "lr": 1e-3, "lr_milestones": [6], "lr_gamma": 0.5,
+                  "ema_decay": 0.8, "ema_every": 2, "ema_start": 2, "checkpoint_every": 3, "log_every": 2,
+                  "grid_samples": 0},
+    }
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------
+
+def test_train_writes_a_complete_run(smoke_run, smoke_pyramid):
+    names = set(listing(smoke_run))
+    assert {"model.safetensors", "checkpoint.pt", "config.yaml", "pyramid.png", "loss.csv", "loss.png",
+            "samples_grid.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave no temporaries
+
+    cfg = load_config(smoke_run / "config.yaml")
+    smoke = load_config(CONFIGS / "smoke.yaml")
+    assert cfg.model == smoke.model and cfg.image == smoke.image
+    assert cfg.train.steps == SMOKE_STEPS  # the --steps override is what the run records
+
+    lines = (smoke_run / "loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss"
+    last_step, last_loss = lines[-1].split(",")
+    assert int(last_step) == SMOKE_STEPS and 0 < float(last_loss) < 10
+
+    # The grid: the finest training level then grid_samples samples, each of the finest size.
+    grid = read_png(smoke_run / "samples_grid.png")
+    h, w = smoke_pyramid.sizes_hw[-1]
+    n = 1 + smoke.train.grid_samples
+    assert grid.shape == make_grid([np.zeros((h, w, 3), np.uint8)] * n).shape
+    np.testing.assert_array_equal(grid[2:2 + h, 2:2 + w], smoke_pyramid.levels[-1])
+    for name in ("pyramid.png", "loss.png"):
+        with Image.open(smoke_run / name) as im:
+            im.load()
+            assert im.width > 0
+
+
+def test_train_model_file_is_self_describing(smoke_run, smoke_pyramid):
+    loaded = load_model(smoke_run)
+    assert loaded.path == smoke_run / "model.safetensors"
+    assert loaded.step == SMOKE_STEPS
+    assert loaded.config.model.dim == 16 and loaded.model.dim == 16
+    assert loaded.pyramid.sizes_hw == smoke_pyramid.sizes_hw == [(48, 64), (64, 86), (86, 115)]
+    assert loaded.pyramid.scale_factor == smoke_pyramid.scale_factor
+    assert loaded.pyramid.blur_distance == smoke_pyramid.blur_distance
+    for a, b in zip(loaded.pyramid.levels, smoke_pyramid.levels):
+        np.testing.assert_array_equal(a, b)
+    with safe_open(str(smoke_run / "model.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["sinddm"])
+    assert meta["format"] == "sinddm/1" and meta["step"] == SMOKE_STEPS
+    assert meta["pyramid"]["sizes_hw"] == [[48, 64], [64, 86], [86, 115]]
+
+    # checkpoint.pt carries the same EMA weights as model.safetensors.
+    from_ckpt = load_model(smoke_run / "checkpoint.pt")
+    assert from_ckpt.step == SMOKE_STEPS
+    a, b = loaded.model.state_dict(), from_ckpt.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_train_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_config, capsys):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    assert cli("train", SMALL, "--config", tiny_config, "--out", out, "--steps", 1, "--device", "cpu",
+               "--quiet", "--overwrite") == 2
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+    assert "not a sinddm run folder" in capsys.readouterr().err
+
+
+def test_train_overwrite_replaces_the_run(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("old run")
+    (out / "stray.txt").write_text("old")
+    assert cli("train", SMALL, "--config", tiny_config, "--out", out, "--steps", 1, "--device", "cpu",
+               "--quiet", "--overwrite") == 0
+    assert not (out / "stray.txt").exists()
+    assert load_model(out).step == 1
+    err = capsys.readouterr().err
+    assert "steps 0 -> 1" in err and "done:" in err
+    assert "samples_grid.png" not in listing(out)  # grid_samples: 0
+
+
+def _tensors(path):
+    return {k: v.clone() for k, v in load_file(str(path)).items()}
+
+
+def test_resume_at_odd_steps_gives_the_same_weights(tmp_path):
+    """Interrupted off the log/EMA/checkpoint grid (steps 3 and 5): the weights still match."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "image": {"max_pixels": 6000}, "model": {"dim": 4},
+        "train": {"batch_size": 1, "lr_milestones": [4], "ema_decay": 0.7, "ema_every": 2, "ema_start": 2,
+                  "checkpoint_every": 100, "log_every": 2, "grid_samples": 0}}))
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--device", "cpu", "--quiet", "--seed", 3]
+    assert cli("train", SMALL, "--config", cfg, "--out", a, "--steps", 3, *common) == 0
+    assert cli("train", SMALL, "--out", a, "--steps", 5, "--resume", *common) == 0
+    assert cli("train", SMALL, "--out", a, "--steps", 7, "--resume", *common) == 0
+    assert cli("train", SMALL, "--config", cfg, "--out", b, "--steps", 7, *common) == 0
+    ta, tb = _tensors(a / "model.safetensors"), _tensors(b / "model.safetensors")
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_config, capsys):
+    common = ["--config", tiny_config, "--device", "cpu", "--seed", 7, "--quiet"]
+    a, b = tmp_path / "interrupted", tmp_path / "straight"
+    assert cli("train", SMALL, "--out", a, "--steps", 4, *common) == 0
+    after_4 = _tensors(a / "model.safetensors")
+    capsys.readouterr()
+    assert cli("train", SMALL, "--out", a, "--steps", 8, "--resume", "--device", "cpu", "--quiet") == 0
+    assert "steps 4 -> 8" in capsys.readouterr().err
+    assert cli("train", SMALL, "--out", b, "--steps", 8, *common) == 0
+
+    ta, tb = _tensors(a / "model.safetensors"), _tensors(b / "model.safetensors")
+    assert ta.keys() == tb.keys()
+    assert any(k.startswith("ema.") for k in ta)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"{k} differs after resume"
+    # ... and the resumed run really trained on: the step-4 weights differ.
+    assert any(not torch.equal(after_4[k], ta[k]) for k in ta if k.startswith("ema."))
+    assert (a / "loss.csv").read_bytes() == (b / "loss.csv").read_bytes()
+    assert [int(l.split(",")[0]) for l in (a / "loss.csv").read_text().splitlines()[1:]] == [2, 4, 6, 8]
+    assert load_model(a).step == 8
+
+    sa = torch.load(a / "checkpoint.pt", weights_only=True)
+    sb = torch.load(b / "checkpoint.pt", weights_only=True)
+    assert sa["step"] == sb["step"] == 8
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert torch.equal(sa["rng"]["noise"], sb["rng"]["noise"])
+    assert torch.equal(sa["rng"]["scale"], sb["rng"]["scale"])
+    assert sa["lr_scheduler"] == sb["lr_scheduler"]
+
+
+# ---------------------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------------------
+
+def test_sample_scale_hw_doubles_the_width(smoke_run, smoke_pyramid, tmp_path, capsys):
+    out = tmp_path / "pano"
+    assert sample(smoke_run, out, "--num", 2, "--scale-hw", 1, 2) == 0
+    names = listing(out)
+    assert names == ["grid.png", "sample_000.png", "sample_001.png"]
+    assert [n for n in names if "grid" in n] == ["grid.png"]
+    h, w = smoke_pyramid.sizes_hw[-1]
+    samples = [read_png(out / f"sample_{i:03d}.png") for i in range(2)]
+    for s in samples:
+        assert s.shape == (int(h * 1), int(w * 2), 3) == (86, 230, 3)
+    np.testing.assert_array_equal(read_png(out / "grid.png"), make_grid(samples))
+    assert "wrote 2 samples of 230x86 px" in capsys.readouterr().err
+
+
+def test_sample_fractional_scale_uses_int_truncation(smoke_run, smoke_pyramid, tmp_path):
+    out = tmp_path / "frac"
+    assert sample(smoke_run, out, "--num", 1, "--scale-hw", 1.5, 0.7) == 0
+    h, w = smoke_pyramid.sizes_hw[-1]
+    assert read_png(out / "sample_000.png").shape == (int(h * 1.5), int(w * 0.7), 3) == (129, 80, 3)
+
+
+def test_sample_fixed_size_is_exact(smoke_run, tmp_path):
+    out = tmp_path / "fixed"
+    assert sample(smoke_run, out, "--num", 3, "--size", "70x151", "--batch-size", 2) == 0
+    names = listing(out)
+    assert names == ["grid.png", "sample_000.png", "sample_001.png", "sample_002.png"]
+    for i in range(3):
+        with Image.open(out / f"sample_{i:03d}.png") as im:
+            assert im.size == (151, 70)
+
+
+def test_sample_start_level_extrapolates_beyond_the_finest(smoke_run, smoke_pyramid, tmp_path):
+    out = tmp_path / "objects"
+    assert sample(smoke_run, out, "--num", 1, "--start-level", 1) == 0
+    h, w = smoke_pyramid.sizes_hw[-1]
+    r = smoke_pyramid.scale_factor
+    assert read_png(out / "sample_000.png").shape == (round(h * r), round(w * r), 3)
+
+
+def test_sample_default_out_is_inside_the_run(smoke_run, tmp_path, monkeypatch):
+    run = tmp_path / "copy"
+    run.mkdir()
+    shutil.copy(smoke_run / "model.safetensors", run / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    assert cli("sample", run, "--num", 1, "--device", "cpu", "--quiet", *FAST_T) == 0
+    assert listing(run / "samples") == ["grid.png", "sample_000.png"]
+    assert listing(tmp_path) == ["copy"]
+
+
+def test_sample_from_checkpoint_pt_equals_model_file(smoke_run, tmp_path):
+    assert sample(smoke_run / "checkpoint.pt", tmp_path / "a", "--num", 1) == 0
+    assert sample(smoke_run / "model.safetensors", tmp_path / "b", "--num", 1) == 0
+    np.testing.assert_array_equal(read_png(tmp_path / "a" / "sample_000.png"),
+                                  read_png(tmp_path / "b" / "sample_000.png"))
+
+
+def test_sample_overwrite_writes_into_the_folder(smoke_run, tmp_path):
+    out = tmp_path / "o"
+    assert sample(smoke_run, out, "--num", 3) == 0
+    (out / "notes.txt").write_text("mine")
+    assert sample(smoke_run, out, "--num", 1, "--seed", 5, "--overwrite") == 0
+    # this call's samples replace the earlier ones (no stale sample_001/002); other files stay
+    assert listing(out) == ["grid.png", "notes.txt", "sample_000.png"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_sample_overwrite_into_the_run_folder_keeps_the_model(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert sample(run, run, "--num", 1, "--overwrite") == 0
+    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert set(after) == set(before) | {"sample_000.png", "grid.png"}
+    assert all(after[k] == v for k, v in before.items())
+    load_model(run)
+
+
+def test_sample_start_t_changes_the_result(smoke_run, tmp_path):
+    for name, ts in {"a": (2, 1, 1), "b": (2, 1, 2), "c": (3, 1, 1)}.items():
+        assert sample(smoke_run, tmp_path / name, "--num", 1, "--start-t", *ts, fast=False) == 0
+    a, b, c = (read_png(tmp_path / x / "sample_000.png") for x in "abc")
+    assert not np.array_equal(a, b)  # T[2] differs
+    assert not np.array_equal(a, c)  # T[0] differs
+
+
+# ---------------------------------------------------------------------------------------
+# determinism
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seeded(smoke_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeded")
+    runs = {"s0": ("--seed", 0, "--num", 2, "--batch-size", 2),
+            "s0_again": ("--seed", 0, "--num", 2, "--batch-size", 2),
+            "s1": ("--seed", 1, "--num", 2, "--batch-size", 2),
+            "s0_four": ("--seed", 0, "--num", 4, "--batch-size", 2)}
+    for name, extra in runs.items():
+        assert sample(smoke_run, root / name, *extra) == 0
+    return root
+
+
+def test_same_seed_gives_identical_files(seeded):
+    for name in ("sample_000.png", "sample_001.png", "grid.png"):
+        assert (seeded / "s0" / name).read_bytes() == (seeded / "s0_again" / name).read_bytes(), name
+
+
+def test_different_seed_gives_different_samples(seeded):
+    for i in range(2):
+        a = read_png(seeded / "s0" / f"sample_{i:03d}.png")
+        b = read_png(seeded / "s1" / f"sample_{i:03d}.png")
+        assert not np.array_equal(a, b)
+    # and the two samples of one batch differ from each other
+    assert not np.array_equal(read_png(seeded / "s0" / "sample_000.png"),
+                              read_png(seeded / "s0" / "sample_001.png"))
+
+
+def test_more_samples_keep_the_first_ones(seeded):
+    assert listing(seeded / "s0_four") == ["grid.png"] + [f"sample_{i:03d}.png" for i in range(4)]
+    for i in range(2):
+        np.testing.assert_array_equal(read_png(seeded / "s0" / f"sample_{i:03d}.png"),
+                                      read_png(seeded / "s0_four" / f"sample_{i:03d}.png"))
+    # the second batch is new material, not a repeat of the first
+    for i in range(2):
+        assert not np.array_equal(read_png(seeded / "s0_four" / f"sample_{i:03d}.png"),
+                                  read_png(seeded / "s0_four" / f"sample_{i + 2:03d}.png"))
+
+
+# ---------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_inspect_json_matches_reference(case, golden_json, capsys):
+    assert cli("inspect", GOLDEN / f"{case}.png", "--json") == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    assert set(data) == {"sizes_hw", "n_scales", "scale_factor", "blur_distance", "start_t"}
+    ref = golden_json["pyramids"][case]
+    assert data["sizes_hw"] == [[h, w] for w, h in ref["sizes_wh"]]
+    assert data["n_scales"] == ref["n_scales"] == len(data["sizes_hw"])
+    assert data["scale_factor"] == pytest.approx(ref["scale_factor"], rel=1e-12)
+    assert data["blur_distance"] == pytest.approx(ref["blur_distance"], rel=1e-12)
+    assert data["start_t"] == ref["start_t"]
+
+
+def test_inspect_text_and_preview(tmp_path, capsys, golden_json):
+    preview = tmp_path / "pyr.png"
+    assert cli("inspect", SMALL, "--preview", preview) == 0
+    out = capsys.readouterr().out
+    ref = golden_json["pyramids"]["small_120x90"]
+    assert "120x90 px -> 3 scales" in out
+    for i, ((w, h), t) in enumerate(zip(ref["sizes_wh"], ref["start_t"])):
+        assert any(line.split()[:1] == [str(i)] and f"{h} x {w}" in line and line.split()[-1] == str(t)
+                   for line in out.splitlines()), (i, out)
+    with Image.open(preview) as im:
+        assert im.width >= sum(w for w, _ in ref["sizes_wh"])
+        assert im.height >= 2 * 90
+
+
+def test_inspect_max_pixels(capsys):
+    assert cli("inspect", SMALL, "--json", "--max-pixels", 10000) == 0
+    assert json.loads(capsys.readouterr().out)["sizes_hw"] == [[48, 64], [64, 86], [86, 115]]
+
+
+# ---------------------------------------------------------------------------------------
+# convert-reference
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_params(golden):
+    return {k[len("net/params/"):]: v for k, v in golden.items() if k.startswith("net/params/")}
+
+
+@pytest.fixture(scope="module")
+def converted_run(reference_params, tmp_path_factory):
+    """A checkpoint in the reference's layout: EMA = the golden net, live model = something else."""
+    root = tmp_path_factory.mktemp("convert")
+    buffers = {"betas": torch.linspace(1e-4, 0.02, 100), "alphas_cumprod": torch.linspace(1, 0.01, 100),
+               "sqrt_alphas_cumprod": torch.linspace(1, 0.1, 100)}
+    ema = {f"denoise_fn.{k}": v.clone() for k, v in reference_params.items()} | buffers
+    live = {f"denoise_fn.{k}": v + 1.0 for k, v in reference_params.items()} | buffers
+    ckpt = root / "model-12.pt"
+    torch.save({"model": live, "ema": ema}, ckpt)
+    run = root / "run"
+    assert cli("convert-reference", ckpt, SMALL, "--out", run) == 0
+    return run
+
+
+def test_convert_reference_writes_a_run(converted_run, golden_json):
+    assert {"model.safetensors", "config.yaml", "pyramid.png"} <= set(listing(converted_run))
+    assert load_config(converted_run / "config.yaml").model.dim == golden_json["net"]["dim"] == 32
+    loaded = load_model(converted_run)
+    assert loaded.model.dim == 32
+    ref = golden_json["pyramids"]["small_120x90"]
+    assert loaded.pyramid.sizes_hw == [(h, w) for w, h in ref["sizes_wh"]]
+    assert loaded.start_t == ref["start_t"]
+
+
+def test_converted_weights_reproduce_the_reference_forward(converted_run, golden, reference_params):
+    loaded = load_model(converted_run)
+    expected = from_reference_state_dict(reference_params)
+    got = loaded.model.state_dict()
+    assert got.keys() == expected.keys()
+    for k in got:
+        assert torch.equal(got[k], expected[k]), k  # the EMA weights, not the live ones
+    with torch.no_grad():
+        for s in range(3):
+            out = loaded.model(golden["net/x"].float(), golden["net/t"], s)
+            torch.testing.assert_close(out, golden[f"net/forward_s{s}"], atol=1e-5, rtol=0)
+
+
+def test_sample_from_converted_run(converted_run, tmp_path):
+    out = tmp_path / "conv"
+    assert cli("sample", converted_run, "--out", out, "--num", 2, "--start-t", 3, 2, 2, "--device", "cpu",
+               "--quiet") == 0
+    assert listing(out) == ["grid.png", "sample_000.png", "sample_001.png"]
+    for i in range(2):
+        with Image.open(out / f"sample_{i:03d}.png") as im:
+            assert im.size == (120, 90)
+
+
+# ---------------------------------------------------------------------------------------
+# help
+# ---------------------------------------------------------------------------------------
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("inspect", "train", "sample", "convert-reference"):
+        assert command in out
