@@ -62,6 +62,29 @@ def _factor(v: str) -> float:
     return f
 
 
+def add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """--scale-hw / --size: the output size, shared by `sample` and the edit modes."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scale-hw", nargs=2, type=_factor, metavar=("FH", "FW"),
+                   help="multiply every scale's height and width, e.g. 1 2 for a 1x2 panorama")
+    g.add_argument("--size", type=_size, metavar="HxW", help="finest output size in pixels, height first")
+
+
+def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4) -> None:
+    """Options every image-producing command shares."""
+    p.add_argument("--num", type=_positive_int("--num"), default=default_num,
+                   help=f"number of images (default {default_num})")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"),
+                   help="images per batch (default: as many as fit in memory)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
+                   help="fast: bf16 network and CUDA graphs on GPU; fp32: exact (default auto: fast on CUDA)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sinddm", description="SinDDM: a diffusion model learned from a single image.",
                 epilog=EPILOG)
@@ -99,24 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw NUM samples from a trained model and write sample_XXX.png files "
                                    "plus grid.png into --out.")
     s.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
-    s.add_argument("--num", type=_positive_int("--num"), default=4, help="number of samples (default 4)")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--scale-hw", nargs=2, type=_factor, metavar=("FH", "FW"),
-                   help="multiply every scale's height and width, e.g. 1 2 for a 1x2 panorama")
-    g.add_argument("--size", type=_size, metavar="HxW", help="finest output size in pixels, height first")
+    add_size_arguments(s)
     s.add_argument("--start-level", type=int, default=0, metavar="K",
                    help="object size control: start the coarsest noise at level K's size (smaller objects)")
     s.add_argument("--start-t", nargs="+", type=int, metavar="T",
                    help="start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
-    s.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    s.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
-    s.add_argument("--batch-size", type=_positive_int("--batch-size"),
-                   help="samples per batch (default: as many as fit in memory)")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    s.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
-                   help="fast: bf16 network and CUDA graphs on GPU; fp32: exact (default auto: fast on CUDA)")
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_arguments(s)
 
     c = sub.add_parser("convert-reference", help="turn a reference-implementation checkpoint into a run",
                        description="Convert a checkpoint of the published SinDDM code ({'model', 'ema'}, keys "
@@ -127,7 +138,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-pixels", type=_positive_int("--max-pixels"), default=50_000,
                    help="pixel cap used in training (default 50000)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    from .edits import available_modes
+
+    e = sub.add_parser("edit", help="edit or guide generation (one mode per call)",
+                       description="Run one editing mode on a trained model; writes NUM PNGs plus grid.png "
+                                   "like 'sinddm sample'.")
+    e.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
+    modes = e.add_subparsers(dest="mode", metavar="MODE", parser_class=_Parser)
+    modes.required = True
+    for mode in available_modes():
+        m = modes.add_parser(mode.name, help=mode.help, description=mode.help)
+        mode.add_arguments(m)
+        add_output_arguments(m)
+
+    r = sub.add_parser("run", help="run a YAML list of sample/edit jobs in one process",
+                       description="Run JOBS.yaml: a list of jobs, each {sample: {...}} or {edit: {...}} whose "
+                                   "keys are the command's options without dashes (model and mode included). "
+                                   "Every job is checked before the first one runs; models load once.")
+    r.add_argument("jobs", metavar="JOBS.yaml")
+
+    for module in _command_modules():  # commands that live in their own modules
+        module.add_parsers(sub)
     return p
+
+
+COMMAND_MODULES = ["sinddm.eval_cli"]
+
+
+def _command_modules() -> list:
+    """Modules that add subcommands: each has `add_parsers(sub)` and a `COMMANDS` dict."""
+    import importlib
+    import importlib.util
+
+    return [importlib.import_module(m) for m in COMMAND_MODULES if importlib.util.find_spec(m) is not None]
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -271,44 +315,153 @@ def _parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
 
 
 def cmd_sample(args) -> int:
-    from PIL import Image
-
-    from .checkpoint import load_model
-    from .image_io import make_grid, to_uint8
     from .pipeline import generate
-    from .pyramid import sample_sizes
     from .training import resolve_device
 
     device = resolve_device(args.device)
-    loaded = load_model(args.model, device)
+    loaded = load_run(args.model, device)
     pyr = loaded.pyramid
     if not 0 <= args.start_level < pyr.n_scales:
         raise UserError(f"--start-level must be in 0..{pyr.n_scales - 1}, got {args.start_level}")
-    sizes = sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=args.scale_hw, size_hw=args.size,
-                         start_level=args.start_level)
+    sizes = output_sizes(loaded, args, start_level=args.start_level)
+    start_t = _parse_start_t(args.start_t, loaded.start_t)
+    out = output_folder(loaded, args)
+    imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
+                    device=device, progress=not args.quiet, precision=args.precision)
+    write_outputs(out, imgs)
+    return 0
+
+
+# -- shared by sample, edit and run -----------------------------------------------------------
+
+_RUN_CACHE: dict | None = None  # set by `sinddm run` so that each model loads once
+
+
+def load_run(path, device):
+    """`load_model`, memoised while `sinddm run` executes a job file."""
+    from .checkpoint import load_model
+
+    if _RUN_CACHE is None:
+        return load_model(path, device)
+    key = (str(Path(path).resolve()), str(device))
+    if key not in _RUN_CACHE:
+        _RUN_CACHE[key] = load_model(path, device)
+    return _RUN_CACHE[key]
+
+
+def output_sizes(loaded, args, start_level: int = 0) -> list[tuple[int, int]]:
+    """Per-scale sizes from --scale-hw / --size, validated."""
+    from .pyramid import sample_sizes
+
+    pyr = loaded.pyramid
+    sizes = sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=getattr(args, "scale_hw", None),
+                         size_hw=getattr(args, "size", None), start_level=start_level)
     if min(min(hw) for hw in sizes) < 4:
         raise UserError(f"requested size too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px; "
                         "use a larger --size or --scale-hw")
     if max(h * w for h, w in sizes) > 64_000_000:
         raise UserError("requested size too large (over 64 Mpx at the finest scale); use a smaller --size")
-    start_t = _parse_start_t(args.start_t, loaded.start_t)
-    default_out = (loaded.path.parent if loaded.path.name in ("model.safetensors", "checkpoint.pt")
-                   else Path(".")) / "samples"
-    out = Path(args.out) if args.out else default_out
-    # --overwrite writes into the folder; it never empties it (it may be the run folder itself).
+    return sizes
+
+
+def output_folder(loaded, args, name: str = "samples") -> Path:
+    """--out, or RUN_DIR/<name>; checked (and never emptied: it may be the run folder itself)."""
+    default = (loaded.path.parent if loaded.path.name in ("model.safetensors", "checkpoint.pt")
+               else Path(".")) / name
+    out = Path(args.out) if args.out else default
     _prepare_out(out, args.overwrite, "output folder", remove=False)
-    imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
-                    device=device, progress=not args.quiet, precision=args.precision)
-    arrays = [to_uint8(x) for x in imgs]
+    return out
+
+
+def write_outputs(out: Path, images, prefix: str = "sample") -> None:
+    """`prefix_000.png ...` and `grid.png`; stale files of an earlier call are removed first."""
+    from PIL import Image
+
+    from .image_io import make_grid, to_uint8
+
+    arrays = [to_uint8(x) for x in images]
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("sample_*.png"), out / "grid.png"]:  # no stale samples of an earlier call
+    for old in [*out.glob(f"{prefix}_*.png"), out / "grid.png"]:
         if old.is_file():
             old.unlink()
     for i, a in enumerate(arrays):
-        Image.fromarray(a).save(out / f"sample_{i:03d}.png")
+        Image.fromarray(a).save(out / f"{prefix}_{i:03d}.png")
     Image.fromarray(make_grid(arrays)).save(out / "grid.png")
-    h, w = sizes[-1]
-    print(f"wrote {len(arrays)} samples of {w}x{h} px and grid.png to {out}", file=sys.stderr)
+    h, w = arrays[0].shape[:2]
+    noun = "samples" if prefix == "sample" else "images"
+    print(f"wrote {len(arrays)} {noun} of {w}x{h} px and grid.png to {out}", file=sys.stderr)
+
+
+def cmd_edit(args) -> int:
+    from .edits import get_mode
+    from .training import resolve_device
+
+    device = resolve_device(args.device)
+    loaded = load_run(args.model, device)
+    mode = get_mode(args.mode)
+    mode.validate(args, loaded)
+    out = output_folder(loaded, args, name=f"edit_{args.mode}")
+    images = mode.run(args, loaded, device)
+    write_outputs(out, images, prefix=args.mode.replace("-", "_"))
+    return 0
+
+
+def _job_argv(job, index: int, source: str) -> list[str]:
+    """One job mapping → the argv of the same command line."""
+    if not isinstance(job, dict) or len(job) != 1:
+        raise UserError(f"{source}: job {index + 1} must be a mapping with one key, 'sample' or 'edit'")
+    (command, opts), = job.items()
+    if command not in ("sample", "edit"):
+        raise UserError(f"{source}: job {index + 1}: unknown command '{command}'; use sample or edit")
+    opts = dict(opts or {})
+    if "model" not in opts:
+        raise UserError(f"{source}: job {index + 1}: 'model' is missing (a run folder or model file)")
+    argv = [command, str(opts.pop("model"))]
+    if command == "edit":
+        if "mode" not in opts:
+            raise UserError(f"{source}: job {index + 1}: 'mode' is missing for an edit job")
+        argv.append(str(opts.pop("mode")))
+    for key, value in opts.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def cmd_run(args) -> int:
+    import yaml
+
+    global _RUN_CACHE
+    path = Path(args.jobs)
+    if not path.is_file():
+        raise UserError(f"jobs file '{path}': no such file; give a YAML list of jobs")
+    try:
+        jobs = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise UserError(f"jobs file '{path}': not valid YAML; fix the syntax") from None
+    if not isinstance(jobs, list) or not jobs:
+        raise UserError(f"jobs file '{path}': expected a non-empty YAML list of jobs")
+    parser = build_parser()
+    parsed = []
+    for i, job in enumerate(jobs):
+        argv = _job_argv(job, i, f"jobs file '{path}'")
+        try:
+            parsed.append(parser.parse_args(argv))
+        except UserError as e:
+            raise UserError(f"jobs file '{path}': job {i + 1}: {e}") from None
+    _RUN_CACHE = {}
+    try:
+        for i, job_args in enumerate(parsed):
+            print(f"job {i + 1}/{len(parsed)}: {job_args.command} {job_args.model}", file=sys.stderr)
+            COMMANDS[job_args.command](job_args)
+    finally:
+        _RUN_CACHE = None
     return 0
 
 
@@ -337,13 +490,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "train": cmd_train, "sample": cmd_sample, "convert-reference": cmd_convert}
+COMMANDS = {"inspect": cmd_inspect, "train": cmd_train, "sample": cmd_sample, "convert-reference": cmd_convert,
+            "edit": cmd_edit, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        handlers = dict(COMMANDS)
+        for module in _command_modules():
+            handlers.update(module.COMMANDS)
+        return handlers[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
