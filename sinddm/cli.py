@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "plus grid.png into --out.")
     s.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
     add_size_arguments(s)
-    s.add_argument("--start-level", type=int, default=0, metavar="K",
+    s.add_argument("--start-level", "--start-scale", dest="start_level", type=int, default=0, metavar="K",
                    help="object size control: start the coarsest noise at level K's size (smaller objects)")
     s.add_argument("--start-t", nargs="+", type=int, metavar="T",
                    help="start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
