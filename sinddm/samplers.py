@@ -8,6 +8,7 @@ region edits plug in there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -120,5 +121,74 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
         noise = torch.randn(x_blurry.shape, generator=generator, device=device)
         x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
                            x0_hook=x0_hook, progress=progress)
+        outputs.append(x)
+    return outputs
+
+
+# -- pre-drawn noise (the CUDA-graph sampler replays these loops on static buffers) ------------
+
+@dataclass
+class PyramidNoise:
+    """All the noise one `sample_pyramid` call draws, in draw order.
+
+    `start`: scale 0's initial x_T; `steps[k]`: scale 0's ancestral noise at t = T[0]-1-k;
+    `q[s-1]`: the noise that takes scale s's upsampled input to t = T[s].
+    """
+
+    start: torch.Tensor
+    steps: torch.Tensor
+    q: list[torch.Tensor]
+
+    @classmethod
+    def zeros(cls, batch: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
+              device: torch.device | str = "cpu") -> "PyramidNoise":
+        return cls(start=torch.zeros((batch, 3, *sizes_hw[0]), device=device),
+                   steps=torch.zeros((start_t[0], batch, 3, *sizes_hw[0]), device=device),
+                   q=[torch.zeros((batch, 3, *hw), device=device) for hw in sizes_hw[1:]])
+
+
+def draw_pyramid_noise(batch: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
+                       generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                       out: PyramidNoise | None = None) -> PyramidNoise:
+    """Draw (into `out`, if given) exactly the values `sample_pyramid` would draw from `generator`:
+    same order, same shapes, each drawn by its own `normal_` call as `torch.randn` does."""
+    noise = out if out is not None else PyramidNoise.zeros(batch, sizes_hw, start_t, device)
+    noise.start.normal_(generator=generator)
+    for k in range(noise.steps.shape[0]):
+        noise.steps[k].normal_(generator=generator)
+    for q in noise.q:
+        q.normal_(generator=generator)
+    return noise
+
+
+@torch.no_grad()
+def sample_scale_from_noise(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
+                            start_t: list[int], s: int, prev: torch.Tensor | None, noise: PyramidNoise,
+                            x0_hook: X0Hook = None, progress=None, t_limit: int | None = None) -> torch.Tensor:
+    """Scale `s` of `sample_pyramid`, its noise taken from `noise` (`prev`: scale s-1's output).
+
+    No RNG and no host sync: safe to capture in a CUDA graph. `t_limit` runs only the first
+    min(t_limit, T[s]) timesteps' worth of the loop (to warm kernels up before a capture).
+    """
+    t0 = start_t[s] if t_limit is None else min(t_limit, start_t[s])
+    if s == 0:
+        n = noise.steps.shape[0]
+        return sample_ddpm(model, schedule, noise.start, 0, lambda t: noise.steps[n - 1 - t], t_start=t0,
+                           x0_hook=x0_hook, progress=progress)
+    x_blurry = upsample(prev, sizes_hw[s])
+    return sample_blended(model, schedule, x_blurry, s, t0, gammas[s - 1], noise.q[s - 1],
+                          x0_hook=x0_hook, progress=progress)
+
+
+@torch.no_grad()
+def sample_pyramid_from_noise(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
+                              start_t: list[int], noise: PyramidNoise, x0_hook: X0Hook = None,
+                              progress=None) -> list[torch.Tensor]:
+    """`sample_pyramid` with pre-drawn noise: identical outputs for noise from
+    `draw_pyramid_noise(..., generator)` and the same generator state."""
+    outputs, x = [], None
+    for s in range(len(sizes_hw)):
+        x = sample_scale_from_noise(model, schedule, gammas, sizes_hw, start_t, s, x, noise,
+                                    x0_hook=x0_hook, progress=progress)
         outputs.append(x)
     return outputs

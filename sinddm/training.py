@@ -14,6 +14,7 @@ from .checkpoint import (FORMAT, MODEL_FILE, TRAIN_STATE_FILE, atomic_write, ema
                          pyramid_from_state, pyramid_to_state, save_model)
 from .config import Config, config_from_dict
 from .errors import UserError
+from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
 from .model import Denoiser
 from .pyramid import Pyramid
 from .schedule import Schedule, blend_gammas
@@ -58,19 +59,40 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Owns the model, its EMA, the optimizer and every RNG, and writes a run folder."""
+    """Owns the model, its EMA, the optimizer and every RNG, and writes a run folder.
+
+    precision 'fast' (CUDA only; elsewhere it is fp32) runs the network in bf16 with
+    channels_last, CUDA graphs and fused Adam (see `sinddm.fast`); `compile` and
+    `cuda_graphs` override the SINDDM_COMPILE / SINDDM_CUDA_GRAPHS environment switches.
+    `fast_options` forces the fast machinery with the given features on any device
+    (tests use it on the CPU).
+    """
 
     def __init__(self, config: Config, pyramid: Pyramid, out_dir: str | Path, device: torch.device,
-                 seed: int = 0, source: str = "", precision: str = "fp32"):
+                 seed: int = 0, source: str = "", precision: str = "fp32", compile: bool | None = None,
+                 cuda_graphs: bool | None = None, fast_options: FastOptions | None = None):
+        device = torch.device(device)
         self.config, self.pyramid, self.device = config, pyramid, device
         self.precision = resolve_precision(precision, device)
+        if fast_options is None and self.precision == "fast":
+            fast_options = FastOptions.for_device(device, compile=compile, graphs=cuda_graphs)
+        self.fast = fast_options
+        if self.fast is not None:
+            self.precision = "fast"
+            prepare_backends(device)
         self.out_dir = Path(out_dir)
         self.seed, self.source = seed, source
         tc = config.train
         torch.manual_seed(seed)
         self.model = Denoiser(config.model.dim).to(device)
+        if self.fast is not None and self.fast.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self._ema_count: int | None = None  # host mirror of ema.n_averaged (read once, lazily)
+        # Fused Adam on CUDA in fast mode: one multi-tensor kernel, no host sync; learning
+        # rates stay Python floats, so the scheduler and checkpoints are as in fp32 runs.
+        self._fused = True if (self.fast is not None and device.type == "cuda") else None
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self._fused)
         self.lr_scheduler = MultiStepLR(self.optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
         # Scale choice on a CPU generator (no device sync); t and noise on the device's.
         self.scale_gen = torch.Generator().manual_seed(seed)
@@ -81,30 +103,80 @@ class Trainer:
         self.gammas = blend_gammas(self.schedule, pyramid.blur_distance).to(device)
         self.clean = [pyramid.level_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
         self.blurry = [pyramid.blurry_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
+        # The network as the loss sees it: bf16/channels_last/compiled in fast mode.
+        self.net = self.model
+        if self.fast is not None:
+            inner = compile_module(self.model) if self.fast.compile else self.model
+            self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
+        self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
 
     # -- one step -------------------------------------------------------------------------
-    def draw_batch(self) -> tuple[int, torch.Tensor, torch.Tensor]:
-        s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen))
+    def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """A random scale (or `scale`), then t and noise for it."""
+        s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen)) if scale is None else scale
         b = self.config.train.batch_size
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.noise_gen, device=self.device)
         noise = torch.randn((b, *self.clean[s].shape[1:]), generator=self.noise_gen, device=self.device)
         return s, t, noise
 
-    def train_step(self) -> torch.Tensor:
-        s, t, noise = self.draw_batch()
+    def _loss(self, s: int, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         gammas = self.gammas[s - 1] if s > 0 else None
-        loss = diffusion_loss(self.model, self.schedule, self.clean[s], self.blurry[s], gammas, t, noise, s)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        return diffusion_loss(self.net, self.schedule, self.clean[s], self.blurry[s], gammas, t, noise, s)
+
+    def _static_step(self) -> StaticTrainStep:
+        if self._static is None:
+            self._static = StaticTrainStep(self._loss, list(self.model.parameters()), self.pyramid.sizes_hw,
+                                           self.config.train.batch_size, self.schedule.num_timesteps,
+                                           self.device, graphs=self.fast.graphs)
+        return self._static
+
+    def fast_status(self) -> dict:
+        """What the fast path is actually doing (for logs and benchmarks)."""
+        if self.fast is None:
+            return {"precision": self.precision}
+        st = self._static
+        return {"precision": self.precision, "autocast_bf16": self.fast.autocast,
+                "channels_last": self.fast.channels_last, "compile": self.fast.compile,
+                "cuda_graphs": bool(st.use_graphs) if st is not None else self.fast.graphs,
+                "graph_fallback": st.fallback_reason if st is not None else None,
+                "fused_adam": bool(self._fused)}
+
+    def train_step(self, scale: int | None = None) -> torch.Tensor:
+        """One optimizer step; `scale` forces the scale (benchmarks) instead of drawing it."""
+        if self.fast is None:
+            s, t, noise = self.draw_batch(scale)
+            loss = self._loss(s, t, noise)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            # Same draws from the same generators as above, into the graphs' static buffers.
+            s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen)) if scale is None else scale
+            loss = self._static_step().run(s, self.noise_gen)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.step += 1
         tc = self.config.train
         if self.step % tc.ema_every == 0:
-            if self.step <= tc.ema_start:
-                self.ema.n_averaged.zero_()  # an average over zero models is a copy of this one
-            self.ema.update_parameters(self.model)
+            self._update_ema(force_copy=self.step <= tc.ema_start)
         return loss.detach()
+
+    def _update_ema(self, force_copy: bool) -> None:
+        """AveragedModel.update_parameters' arithmetic without its per-update host syncs.
+
+        Until ema_start the EMA is a copy of the live weights (an average over zero models);
+        the first update ever is a copy too, as in AveragedModel.
+        """
+        if self._ema_count is None:
+            self._ema_count = int(self.ema.n_averaged)  # one sync per process, not per update
+        copy_weights = force_copy or self._ema_count == 0
+        ema_update(list(self.ema.module.parameters()), list(self.model.parameters()),
+                   self.config.train.ema_decay, copy_weights)
+        if force_copy:
+            self.ema.n_averaged.fill_(1)
+            self._ema_count = 1
+        else:
+            self.ema.n_averaged.add_(1)
+            self._ema_count += 1
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self, total_steps: int | None = None, progress: bool = True) -> None:
@@ -161,7 +233,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device, config: Config | None = None,
-               precision: str = "fp32") -> "Trainer":
+               precision: str = "fp32", **fast_kwargs) -> "Trainer":
         """Rebuild a trainer from `run_dir/checkpoint.pt`, every RNG included.
 
         `config` may change only `train.steps` (and other train-loop lengths); anything
@@ -178,10 +250,11 @@ class Trainer:
                                 f"'{run_dir}'; resume with the run's own config")
             saved.train = config.train
         trainer = cls(saved, pyramid_from_state(state["pyramid"]), run_dir, device,
-                      seed=state["seed"], source=state["source"], precision=precision)
+                      seed=state["seed"], source=state["source"], precision=precision, **fast_kwargs)
         trainer.model.load_state_dict(state["model"])
         trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
+        retarget_adam(trainer.optimizer, trainer._fused)  # the checkpoint may come from the other precision
         trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
         trainer.scale_gen.set_state(state["rng"]["scale"])
         trainer.noise_gen.set_state(state["rng"]["noise"].to("cpu"))

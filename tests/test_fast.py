@@ -1,0 +1,280 @@
+"""The fast path's CPU-testable parts (sinddm.fast): fallbacks, RNG parity, EMA parity,
+pre-drawn-noise sampling, the static-buffer training step and optimizer retargeting.
+
+CUDA-only behaviour (graphs, bf16 on the GPU) is measured by benchmarks/speed.py.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from sinddm.checkpoint import LoadedModel
+from sinddm.config import config_from_dict
+from sinddm.fast import FastNet, FastOptions, FastPyramidSampler, ema_update, inference_net, retarget_adam
+from sinddm.model import Denoiser
+from sinddm.pipeline import generate
+from sinddm.pyramid import build_pyramid
+from sinddm.samplers import PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_pyramid_from_noise
+from sinddm.schedule import Schedule, blend_gammas, start_timesteps
+from sinddm.training import Trainer, resolve_precision
+
+from .conftest import ASSETS
+
+CPU = torch.device("cpu")
+EAGER_FP32 = FastOptions(autocast=False, channels_last=False, graphs=False, compile=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions: one thread is faster, and immune to a busy machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pyramid():
+    img = Image.open(ASSETS / "rocket.jpg").convert("RGB")
+    pyr = build_pyramid(img, 6000)
+    assert pyr.n_scales == 2
+    return pyr
+
+
+def tiny_config(**train):
+    t = dict(steps=10, batch_size=2, lr=1e-3, lr_milestones=[5], lr_gamma=0.5, ema_decay=0.9,
+             ema_every=2, ema_start=4, checkpoint_every=1000, log_every=5, grid_samples=0)
+    t.update(train)
+    return config_from_dict({"image": {"max_pixels": 6000}, "model": {"dim": 8}, "train": t})
+
+
+def assert_same_state(a: Trainer, b: Trainer, exact: bool = True):
+    for name, sa, sb in (("model", a.model.state_dict(), b.model.state_dict()),
+                         ("ema", a.ema.state_dict(), b.ema.state_dict())):
+        for k in sa:
+            if exact:
+                assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
+            else:
+                torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-6, msg=f"{name}.{k}")
+
+
+# -- fallbacks ------------------------------------------------------------------------------------
+
+def test_fast_resolves_to_fp32_off_cuda():
+    assert resolve_precision("fast", CPU) == "fp32"
+    assert resolve_precision("auto", CPU) == "fp32"
+    opts = FastOptions.for_device(CPU, compile=True, graphs=True)
+    assert not (opts.autocast or opts.channels_last or opts.graphs or opts.compile)
+
+
+def test_env_switches(monkeypatch):
+    monkeypatch.setenv("SINDDM_COMPILE", "1")
+    monkeypatch.setenv("SINDDM_CUDA_GRAPHS", "0")
+    opts = FastOptions.for_device(torch.device("cuda"))  # describes CUDA; touches no GPU
+    assert opts.compile and not opts.graphs and opts.autocast and opts.channels_last
+    assert not FastOptions.for_device(torch.device("cuda"), compile=False).compile
+
+
+def test_trainer_precision_fast_on_cpu_is_exactly_fp32(pyramid, tmp_path):
+    cfg = tiny_config()
+    a = Trainer(cfg, pyramid, tmp_path / "a", CPU, seed=3, precision="fp32")
+    b = Trainer(cfg, pyramid, tmp_path / "b", CPU, seed=3, precision="fast")
+    assert b.precision == "fp32" and b.fast is None and b.fast_status() == {"precision": "fp32"}
+    for _ in range(8):
+        assert torch.equal(a.train_step(), b.train_step())
+    assert_same_state(a, b)
+
+
+def test_generate_fast_on_cpu_is_exactly_fp32(pyramid):
+    torch.manual_seed(0)
+    loaded = LoadedModel(model=Denoiser(8), pyramid=pyramid, config=tiny_config(), step=0, path=Path("x"))
+    sizes, st = pyramid.sizes_hw, [6, 3]
+    a = generate(loaded, 3, sizes, st, seed=4, batch_size=2, progress=False, precision="fp32")
+    b = generate(loaded, 3, sizes, st, seed=4, batch_size=2, progress=False, precision="fast")
+    assert len(a) == len(b) == 3
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# -- training: the static-buffer step (what the CUDA graphs replay) -----------------------------------
+
+def test_static_step_draws_like_fp32():
+    """randint/randn and random_/normal_ on buffers give the same numbers from one generator."""
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    t1 = torch.randint(0, 100, (5,), generator=g1)
+    n1 = torch.randn((5, 3, 7, 9), generator=g1)
+    t2 = torch.zeros(5, dtype=torch.long).random_(0, 100, generator=g2)
+    n2 = torch.zeros((5, 3, 7, 9)).normal_(generator=g2)
+    assert torch.equal(t1, t2) and torch.equal(n1, n2)
+
+
+def test_static_step_engine_matches_fp32_exactly(pyramid, tmp_path):
+    """The fast step machinery (static buffers, static grads zeroed then accumulated, loss
+    buffer, sync-free EMA) with fp32 arithmetic reproduces the fp32 trainer bit for bit:
+    across the EMA start, the LR milestone, and with forced scales."""
+    cfg = tiny_config()
+    a = Trainer(cfg, pyramid, tmp_path / "a", CPU, seed=1)
+    b = Trainer(cfg, pyramid, tmp_path / "b", CPU, seed=1, fast_options=EAGER_FP32)
+    assert b.precision == "fast" and b.fast_status()["cuda_graphs"] is False
+    for i in range(9):
+        assert torch.equal(a.train_step(), b.train_step()), i
+    for s in (1, 0, 1):
+        assert torch.equal(a.train_step(scale=s), b.train_step(scale=s))
+    assert_same_state(a, b)
+    assert a.optimizer.param_groups[0]["lr"] == b.optimizer.param_groups[0]["lr"] == 5e-4
+    assert int(b.ema.n_averaged) == int(a.ema.n_averaged) == 5  # copies at 2, 4; averages at 6..12
+    # Gradients stay in the step engine's static tensors, even after someone drops them.
+    b.optimizer.zero_grad(set_to_none=True)
+    assert torch.equal(a.train_step(), b.train_step())
+    assert all(p.grad is g for p, g in zip(b.model.parameters(), b._static.grads))
+
+
+def test_fast_trainer_bf16_emulated_on_cpu_tracks_fp32(pyramid, tmp_path):
+    """bf16 autocast + channels_last (CPU emulation of the GPU arithmetic): same draws,
+    losses within the stated tolerance of fp32 over a few steps."""
+    cfg = tiny_config()
+    a = Trainer(cfg, pyramid, tmp_path / "a", CPU, seed=2)
+    b = Trainer(cfg, pyramid, tmp_path / "b", CPU, seed=2,
+                fast_options=FastOptions(autocast=True, channels_last=True, graphs=False))
+    assert b.model.blocks[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    la = torch.stack([a.train_step() for _ in range(6)])
+    lb = torch.stack([b.train_step() for _ in range(6)])
+    rel = ((la - lb).abs() / la.abs()).max().item()
+    assert 0 < rel < 2e-2
+
+
+# -- EMA -----------------------------------------------------------------------------------------------
+
+def test_ema_update_matches_averaged_model_bitwise():
+    """Trainer's sync-free EMA == AveragedModel.update_parameters with the 'copy until
+    ema_start' trick, bit for bit, including the first-update copy."""
+    torch.manual_seed(0)
+    model = Denoiser(4)
+    ref = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    ours = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    count = 0
+    for step in range(1, 9):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        force = step <= 3
+        if force:
+            ref.n_averaged.zero_()
+        ref.update_parameters(model)
+        ema_update(list(ours.module.parameters()), list(model.parameters()), 0.9, force or count == 0)
+        count = 1 if force else count + 1
+        for x, y in zip(ref.module.parameters(), ours.module.parameters()):
+            assert torch.equal(x, y), step
+    assert int(ref.n_averaged) == count
+
+
+# -- sampling with pre-drawn noise --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_sampling():
+    torch.manual_seed(0)
+    model = Denoiser(8).eval()
+    schedule = Schedule.cosine()
+    blur = [0.25, 0.18]
+    return model, schedule, blend_gammas(schedule, blur), [(10, 12), (14, 17), (20, 24)], \
+        start_timesteps(schedule, blur)
+
+
+def test_predrawn_noise_reproduces_sample_pyramid(tiny_sampling):
+    model, schedule, gammas, sizes, st = tiny_sampling
+    assert st[0] == 100  # default timesteps: the full scale-0 chain
+    ref = sample_pyramid(model, schedule, gammas, sizes, st, 3, generator=torch.Generator().manual_seed(5))
+    noise = draw_pyramid_noise(3, sizes, st, torch.Generator().manual_seed(5))
+    assert noise.steps.shape == (100, 3, 3, 10, 12) and len(noise.q) == 2
+    out = sample_pyramid_from_noise(model, schedule, gammas, sizes, st, noise)
+    assert all(torch.equal(x, y) for x, y in zip(ref, out))
+    # Redrawing into the same (static) buffers gives the same values again.
+    buf = PyramidNoise.zeros(3, sizes, st)
+    draw_pyramid_noise(3, sizes, st, torch.Generator().manual_seed(5), out=buf)
+    assert torch.equal(buf.steps, noise.steps) and torch.equal(buf.q[1], noise.q[1])
+
+
+def test_fast_sampler_without_graphs_is_sample_pyramid(tiny_sampling):
+    model, schedule, gammas, sizes, st = tiny_sampling
+    smp = FastPyramidSampler(model, schedule, gammas, sizes, st[:1] + [5, 4], CPU, EAGER_FP32)
+    assert not smp.use_graphs
+    ref = sample_pyramid(model, schedule, gammas, sizes, st[:1] + [5, 4], 2,
+                         generator=torch.Generator().manual_seed(1))
+    out = smp.sample(2, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(ref, out))
+
+
+def test_fastnet_and_bf16_inference_copy(tiny_sampling):
+    model = tiny_sampling[0]
+    x = torch.randn(4, 3, 20, 24, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 17, 55, 99])
+    with torch.no_grad():
+        ref = model(x, t, 2)
+        assert torch.equal(FastNet(model, False, False)(x, t, 2), ref)  # all off: the plain network
+        cl = FastNet(model, False, True)(x, t, 2)
+        train_bf16 = FastNet(model, True, True)(x, t, 2)
+        infer_bf16 = inference_net(model, FastOptions(autocast=True, channels_last=True, graphs=False))(x, t, 2)
+    torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5)
+    assert train_bf16.dtype == torch.float32 and train_bf16.shape == ref.shape
+    rel = ((train_bf16 - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 2e-2
+    # The bf16 weight copy does what autocast does to fp32 weights (round once to bf16).
+    torch.testing.assert_close(infer_bf16, train_bf16, rtol=0, atol=1e-3)
+    assert next(model.parameters()).dtype == torch.float32  # the copy left the model alone
+
+
+# -- optimizer state across precisions ------------------------------------------------------------------
+
+def test_retarget_adam_restores_flags_step_and_layout():
+    torch.manual_seed(0)
+    src = Denoiser(4)
+    opt = torch.optim.Adam(src.parameters(), lr=1e-3)
+    src(torch.randn(1, 3, 8, 8), torch.tensor([3]), 0).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+
+    dst = Denoiser(4).to(memory_format=torch.channels_last)
+    try:
+        fused = torch.optim.Adam(dst.parameters(), lr=1e-3, fused=True)
+    except (RuntimeError, ValueError):
+        pytest.skip("no fused Adam on this CPU build")
+    fused.load_state_dict(state)
+    assert fused.param_groups[0]["fused"] is None  # load_state_dict copied the saved flags...
+    retarget_adam(fused, True)
+    g = fused.param_groups[0]
+    assert g["fused"] is True and g["foreach"] is None and g["capturable"] is False  # ...put back
+    for p in dst.parameters():
+        st = fused.state[p]
+        assert st["step"].dtype == torch.float32 and st["step"].device == p.device
+        assert st["exp_avg"].stride() == p.stride() and st["exp_avg_sq"].stride() == p.stride()
+    w = dst.blocks[1].conv1.weight
+    assert not fused.state[w]["exp_avg"].is_contiguous()  # NHWC like its parameter
+    torch.testing.assert_close(fused.state[w]["exp_avg"], opt.state[src.blocks[1].conv1.weight]["exp_avg"])
+
+    plain = torch.optim.Adam(src.parameters(), lr=1e-3)
+    plain.load_state_dict(fused.state_dict())
+    retarget_adam(plain, None)
+    assert plain.param_groups[0]["fused"] is None
+    assert all(plain.state[p]["step"].device.type == "cpu" for p in src.parameters())
+
+
+def test_resume_fp32_checkpoint_with_channels_last(pyramid, tmp_path):
+    """A checkpoint written by an fp32 run resumes under the fast layout (channels_last model)
+    and continues as the uninterrupted fp32 run does."""
+    cfg = tiny_config()
+    full = Trainer(cfg, pyramid, tmp_path / "full", CPU, seed=5)
+    losses = [full.train_step() for _ in range(7)]
+    part = Trainer(cfg, pyramid, tmp_path / "run", CPU, seed=5)
+    for _ in range(4):
+        part.train_step()
+    (tmp_path / "run").mkdir()
+    part.save()
+    resumed = Trainer.resume(tmp_path / "run", CPU,
+                             fast_options=FastOptions(autocast=False, channels_last=True, graphs=False))
+    assert resumed.step == 4
+    assert resumed.model.blocks[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    again = [resumed.train_step() for _ in range(3)]
+    torch.testing.assert_close(torch.stack(again), torch.stack(losses[4:]), rtol=1e-4, atol=1e-6)
+    assert_same_state(full, resumed, exact=False)
