@@ -20,9 +20,15 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-OUT=${OUT:-./out}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+FINAL_OUT=${OUT:-./out}
+mkdir -p "$FINAL_OUT"
+FINAL_OUT=$(cd "$FINAL_OUT" && pwd)
+# The device tool returns at most 8 files: work in /tmp, pack everything into one
+# archive at exit (even after a failure), and keep speed.txt beside it.
+OUT=/tmp/sinddm_gpu_out
+rm -rf "$OUT" && mkdir -p "$OUT"
+pack() { tar czf "$FINAL_OUT/gpu_results.tgz" -C "$OUT" . 2>/dev/null; cp "$OUT/speed.txt" "$FINAL_OUT/" 2>/dev/null; true; }
+trap pack EXIT
 TOTAL_S=${TOTAL_S:-450}
 BENCH_BUDGET=${BENCH_BUDGET:-215}
 BENCH_MODES=${BENCH_MODES:-fp32,fast,compile}
@@ -108,7 +114,7 @@ if (( CLI_OK )); then
     mkdir -p "$OUT/fast_run"
     S0=$(date +%s)
     # (the progress bar goes to train.log; the last lines are shown below)
-    part "train configs/fast.yaml for $TRAIN_STEPS steps (precision fast)" 110 \
+    part "train configs/fast.yaml for $TRAIN_STEPS steps (precision fast)" "${TRAIN_BUDGET:-110}" \
         bash -c 'log=$1; shift; exec "$@" > "$log" 2>&1' _ "$OUT/fast_run/train.log" \
         $PY -m sinddm train assets/rocket.jpg --config configs/fast.yaml --steps "$TRAIN_STEPS" \
         --out "$RUN/fast_run" --overwrite --precision fast
@@ -145,6 +151,22 @@ EOF
     fi
 else
     echo "SKIPPED parts 4-5 (CLI needs yaml and safetensors)"
+fi
+
+# -- 6. the small demo model (configs/small.yaml), kept for assets/models ------------------------
+if (( CLI_OK )); then
+    mkdir -p "$OUT/small_run"
+    S0=$(date +%s)
+    part "train configs/small.yaml (precision fast)" "${SMALL_BUDGET:-90}" \
+        bash -c 'log=$1; shift; exec "$@" > "$log" 2>&1' _ "$OUT/small_run/train.log" \
+        $PY -m sinddm train assets/rocket.jpg --config configs/small.yaml \
+        --out "$RUN/small_run" --overwrite --precision fast
+    echo "small model wall time $(( $(date +%s) - S0 )) s"
+    tr '\r' '\n' < "$OUT/small_run/train.log" | grep -v '^\s*$' | tail -n 4
+    for f in model.safetensors samples_grid.png loss.png loss.csv config.yaml; do
+        [ -f "$RUN/small_run/$f" ] && cp "$RUN/small_run/$f" "$OUT/small_run/"
+    done
+    [ -f "$RUN/fast_run/model.safetensors" ] && cp "$RUN/fast_run/model.safetensors" "$OUT/fast_run/"
 fi
 
 say "done in $(( $(date +%s) - T0 )) s; results in $OUT:"
