@@ -1,0 +1,843 @@
+"""Text guidance with CLIP (DESIGN §6, supplement E): weights, views, loss, mask, guided loops.
+
+Pieces, each usable on its own:
+
+- `load_clip(ClipSpec, device)`: an open_clip model + tokenizer, cached per process. Weights
+  come from open_clip's download cache or a local file; nothing is downloaded when
+  HF_HUB_OFFLINE=1 (or when the weights are already cached), and a missing file is a
+  one-line `UserError` that says how to provide it.
+- `ViewAugmenter`: 16 augmented views per image as batched, differentiable tensor ops (one
+  `grid_sample` for every crop/flip/affine/perspective of every view of every sample, then
+  colour jitter, grayscale and CLIP normalisation on the whole stack).
+- `TextGuide`: text embeddings of the prompt in the 14 high-quality and 26 low-quality
+  templates, the loss 1.2·(1 − mean cosine similarity) over a random template subset, and its
+  gradient with respect to the images: every sample and view in ONE image-encoder forward.
+- `threshold_gradient` (the fill-factor mask; bit-exact with the golden `clip/thresholded_q*`)
+  and `guidance_step` (δ-normalised step inside the mask).
+- `sample_guided` (DDPM ancestral steps at every scale, guidance through the samplers'
+  x̂0 hook) and `optimize_roi` + `denoise` (text in a region).
+
+The augmentation, loss and guided loops are this project's own code, written from the
+description in DESIGN §6 and supplement E.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .samplers import ddpm_step, q_sample, upsample
+
+# -- constants ---------------------------------------------------------------------------------
+
+# DESIGN §6: the finer scales' templates.
+HQ_TEMPLATES = [
+    "photo of {}.", "high quality photo of {}.", "a photo of {}.", "the photo of {}.", "image of {}.",
+    "an image of {}.", "high quality image of {}.", "a high quality image of {}.", "the {}.", "a {}.",
+    "{}.", "{}", "{}!", "{}...",
+]
+# Supplement E.2: scale 0 and ROI editing (the ROI is blurry once upsampled for CLIP).
+LQ_TEMPLATES = [
+    "photo of {}.", "low quality photo of {}.", "low resolution photo of {}.", "low-res photo of {}.",
+    "blurry photo of {}.", "pixelated photo of {}.", "a photo of {}.", "the photo of {}.", "image of {}.",
+    "an image of {}.", "low quality image of {}.", "a low quality image of {}.", "low resolution image of {}.",
+    "a low resolution image of {}.", "low-res image of {}.", "a low-res image of {}.", "blurry image of {}.",
+    "a blurry image of {}.", "pixelated image of {}.", "a pixelated image of {}.", "the {}.", "a {}.", "{}.",
+    "{}", "{}!", "{}...",
+]
+TEMPLATES = {"hq": HQ_TEMPLATES, "lq": LQ_TEMPLATES}
+
+DEFAULT_CLIP_MODEL = "ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "openai"
+N_VIEWS = 16
+LOSS_WEIGHT = 1.2
+UNGUIDED_TAIL = 3          # no guidance in the last 3 steps of the finest scale
+STYLE_SUFFIX = " Style"
+CACHE_ENV = "SINDDM_CLIP_CACHE"   # optional: open_clip's cache_dir (default: open_clip's own)
+_RANDOM_TAGS = ("none", "random", "")
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which CLIP: an open_clip model name (or a JSON config file, or 'local-dir:PATH'), a
+    pretrained tag of that model ('none': random weights, for tests and timing), and an optional
+    local weights file that replaces the download (the tag still decides QuickGELU)."""
+
+    model: str = DEFAULT_CLIP_MODEL
+    pretrained: Optional[str] = DEFAULT_CLIP_PRETRAINED
+    checkpoint: Optional[str] = None
+
+    @classmethod
+    def from_args(cls, args) -> "ClipSpec":
+        return cls(model=getattr(args, "clip_model", None) or DEFAULT_CLIP_MODEL,
+                   pretrained=getattr(args, "clip_pretrained", DEFAULT_CLIP_PRETRAINED),
+                   checkpoint=getattr(args, "clip_checkpoint", None))
+
+
+@dataclass(frozen=True)
+class ResolvedClip:
+    name: str                      # open_clip model name
+    file: Optional[str] = None     # local weights file (None: random, a download, or a local-dir)
+    tag: Optional[str] = None      # pretrained tag to download (only when `file` is None)
+    quick_gelu: bool = False       # force QuickGELU (OpenAI weights need it)
+    random: bool = False
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _offline() -> bool:
+    return _truthy("HF_HUB_OFFLINE")
+
+
+def _cache_dir() -> Optional[str]:
+    return os.environ.get(CACHE_ENV) or None
+
+
+def _model_name(model: str) -> str:
+    """The open_clip name for `model`; a JSON config file is registered under its stem."""
+    import open_clip
+
+    if model.startswith("local-dir:"):
+        if not (Path(model[len("local-dir:"):]) / "open_clip_config.json").is_file():
+            raise UserError(f"--clip-model '{model}': no open_clip_config.json in that folder")
+        return model
+    if model.startswith("hf-hub:"):
+        return model
+    if model.lower().endswith(".json"):
+        p = Path(model)
+        if not p.is_file():
+            raise UserError(f"--clip-model '{model}': no such config file")
+        open_clip.add_model_config(p)
+        if p.stem not in open_clip.list_models():
+            raise UserError(f"--clip-model '{model}': not an open_clip model config "
+                            "(needs embed_dim, vision_cfg and text_cfg)")
+        return p.stem
+    name = model.replace("/", "-")
+    if name not in open_clip.list_models():
+        raise UserError(f"--clip-model '{model}': unknown open_clip model; e.g. ViT-B-32, ViT-B-16, ViT-L-14, "
+                        "or a model config .json file")
+    return name
+
+
+def _hf_file(tag_cfg: dict) -> tuple[str, list[str]] | None:
+    """(repo id, candidate file names) of a tag's Hugging Face Hub weights."""
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    repo, fname = os.path.split(hub)
+    return repo, [fname] if fname else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def _cached_weights(tag_cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
+    """A tag's weights file if open_clip's caches already hold it (never touches the network)."""
+    hf = _hf_file(tag_cfg)
+    if hf is not None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo, names = hf
+            for name in names:
+                hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+    url = tag_cfg.get("url", "")
+    if url:
+        path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _missing_message(name: str, tag: str, tag_cfg: dict, why: str = "") -> str:
+    hf = _hf_file(tag_cfg)
+    files = []
+    if tag_cfg.get("url"):
+        files.append(os.path.basename(tag_cfg["url"]))
+    if hf:
+        files.append(f"{hf[1][0]} from huggingface.co/{hf[0]}")
+    where = " or ".join(files) or "its weights file"
+    return (f"CLIP weights for {name} (pretrained '{tag}') are not in the local cache{why}: run once on a "
+            f"machine with internet access to cache them, or pass --clip-checkpoint PATH to a local copy "
+            f"({where})")
+
+
+def resolve_clip(spec: ClipSpec) -> ResolvedClip:
+    """Find the weights without loading them; raises `UserError` if they cannot be had."""
+    import open_clip
+
+    name = _model_name(spec.model)
+    tag = spec.pretrained
+    tag = None if tag is None or str(tag).strip().lower() in _RANDOM_TAGS else str(tag)
+    builtin = not name.startswith(("local-dir:", "hf-hub:"))
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if (tag and builtin) else {}
+    quick = bool(tag_cfg.get("quick_gelu", False))
+    if spec.checkpoint:
+        p = Path(spec.checkpoint)
+        if not p.is_file():
+            raise UserError(f"--clip-checkpoint '{p}': no such file; give the CLIP weights file for {name}")
+        return ResolvedClip(name=name, file=str(p), quick_gelu=quick)
+    if not builtin:
+        return ResolvedClip(name=name)
+    if tag is None:
+        return ResolvedClip(name=name, random=True)
+    if not tag_cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise UserError(f"--clip-pretrained '{tag}': not a pretrained tag of {name} (known: {known}); "
+                        "or give --clip-checkpoint PATH")
+    cached = _cached_weights(tag_cfg, _cache_dir())
+    if cached:
+        return ResolvedClip(name=name, file=cached, quick_gelu=quick)
+    if _offline():
+        raise UserError(_missing_message(name, tag, tag_cfg, " and HF_HUB_OFFLINE is set"))
+    return ResolvedClip(name=name, tag=tag, quick_gelu=quick)
+
+
+def _is_torchscript(path: str) -> bool:
+    """OpenAI's original .pt files are TorchScript archives (torch.load(weights_only) refuses them)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@dataclass
+class LoadedClip:
+    model: torch.nn.Module
+    tokenizer: Callable
+    name: str
+    image_size: tuple[int, int]
+    mean: torch.Tensor     # [1, 3, 1, 1] on the model's device
+    std: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    random_weights: bool = False
+    _text_cache: dict = field(default_factory=dict)
+    _graphs: dict = field(default_factory=dict)    # CUDA-graphed image encoders by input shape
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm text embeddings [n, D] (float32), cached per list of strings."""
+        key = tuple(texts)
+        if key not in self._text_cache:
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            self._text_cache[key] = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return self._text_cache[key]
+
+
+_CLIP_CACHE: dict[tuple, LoadedClip] = {}
+
+
+def _cache_key(spec: ClipSpec, device: torch.device, dtype: torch.dtype) -> tuple:
+    model = spec.model
+    if model.lower().endswith(".json") and Path(model).is_file():
+        model = str(Path(model).resolve())
+    ckpt = str(Path(spec.checkpoint).resolve()) if spec.checkpoint else None
+    return (model, spec.pretrained, ckpt, str(device), str(dtype), _cache_dir())
+
+
+class _PatchEmbed(torch.nn.Module):
+    """A ViT patch embedding (a convolution with stride = kernel, no padding) as one matmul:
+    the same weights and arithmetic as the convolution, without cuDNN's slow paths for this
+    shape (its bf16 input-gradient kernel alone cost ~2 ms per 256 views on an H200)."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.patch = tuple(conv.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        ph, pw = self.patch
+        gh, gw = h // ph, w // pw
+        x = x[..., :gh * ph, :gw * pw].reshape(n, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        y = F.linear(x.reshape(n * gh * gw, c * ph * pw), self.weight.reshape(self.weight.shape[0], -1), self.bias)
+        return y.view(n, gh, gw, -1).permute(0, 3, 1, 2)
+
+
+def _patch_embed_as_matmul(model) -> None:
+    conv = getattr(getattr(model, "visual", None), "conv1", None)
+    if (isinstance(conv, torch.nn.Conv2d) and tuple(conv.kernel_size) == tuple(conv.stride)
+            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"):
+        model.visual.conv1 = _PatchEmbed(conv)
+
+
+def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> LoadedClip:
+    """The CLIP model for `spec` on `device` in `dtype`, loaded once per process (`sinddm run`
+    reuses it). bfloat16 weights are what precision 'fast' uses on CUDA."""
+    device = torch.device(device)
+    key = _cache_key(spec, device, dtype)
+    if key in _CLIP_CACHE:
+        return _CLIP_CACHE[key]
+    import open_clip
+
+    r = resolve_clip(spec)
+    try:
+        if r.file and _is_torchscript(r.file):
+            state = torch.jit.load(r.file, map_location="cpu").state_dict()
+            for k in ("input_resolution", "context_length", "vocab_size"):
+                state.pop(k, None)
+            model = open_clip.create_model(r.name, pretrained=None, force_quick_gelu=r.quick_gelu)
+            model.load_state_dict(state, strict=True)
+        else:
+            import logging
+
+            level = logging.root.manager.disable
+            if r.random:  # open_clip warns on the root logger; sinddm says it once, below
+                logging.disable(logging.WARNING)
+            try:
+                model = open_clip.create_model(r.name, pretrained=r.file or r.tag, force_quick_gelu=r.quick_gelu,
+                                               cache_dir=_cache_dir())
+            finally:
+                logging.disable(level)
+        tokenizer = open_clip.get_tokenizer(r.name)
+    except UserError:
+        raise
+    except Exception as e:
+        detail = " ".join(str(e).split())[:160]
+        if r.tag:
+            import open_clip as oc
+            raise UserError(_missing_message(r.name, r.tag, oc.get_pretrained_cfg(r.name, r.tag),
+                                             f" and the download failed ({type(e).__name__})")) from None
+        raise UserError(f"CLIP {r.name}: cannot load weights '{r.file}' ({type(e).__name__}: {detail}); "
+                        "check --clip-model matches the --clip-checkpoint file") from None
+    if r.random:
+        import sys
+
+        print(f"warning: CLIP {r.name} has random weights (--clip-pretrained none): the guidance is "
+              "meaningless, for tests and timing only", file=sys.stderr)
+    model = model.to(device).eval().float()
+    model.requires_grad_(False)
+    _patch_embed_as_matmul(model)
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean") or getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = cfg.get("std") or getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    loaded = LoadedClip(model=model, tokenizer=tokenizer, name=r.name, image_size=size,
+                        mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),
+                        std=torch.tensor(std, device=device).view(1, 3, 1, 1),
+                        device=device, random_weights=r.random)
+    loaded.text_features([""])       # (warms the tokenizer)
+    if dtype != torch.float32:
+        loaded._text_cache.clear()
+        model.to(dtype)
+        loaded.dtype = dtype
+    _CLIP_CACHE[key] = loaded
+    return loaded
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+
+def _quad_to_square(quad: torch.Tensor):
+    """Per-view maps from the quadrilateral `quad` [N, 4, 2] (corners TL, TR, BR, BL in normalised
+    coordinates) back to the square [-1, 1]²: the inverse of Heckbert's closed-form square-to-quad
+    homography, as a function of (x, y) [N, P] (no linear solve, no host sync)."""
+    p = (quad + 1) / 2                                   # unit-square coordinates
+    x0, x1, x2, x3 = p[:, 0, 0], p[:, 1, 0], p[:, 2, 0], p[:, 3, 0]
+    y0, y1, y2, y3 = p[:, 0, 1], p[:, 1, 1], p[:, 2, 1], p[:, 3, 1]
+    dx1, dx2, dx3 = x1 - x2, x3 - x2, x0 - x1 + x2 - x3
+    dy1, dy2, dy3 = y1 - y2, y3 - y2, y0 - y1 + y2 - y3
+    den = dx1 * dy2 - dx2 * dy1
+    g = (dx3 * dy2 - dx2 * dy3) / den
+    h = (dx1 * dy3 - dx3 * dy1) / den
+    a, b, c = x1 - x0 + g * x1, x3 - x0 + h * x3, x0
+    d, e, f = y1 - y0 + g * y1, y3 - y0 + h * y3, y0
+    # adjugate of [[a, b, c], [d, e, f], [g, h, 1]]: the inverse up to scale
+    inv = [e - f * h, c * h - b, b * f - c * e,
+           f * g - d, a - c * g, c * d - a * f,
+           d * h - e * g, b * g - a * h, a * e - b * d]
+    inv = [v.unsqueeze(1) for v in inv]
+
+    def apply(x: torch.Tensor, y: torch.Tensor):
+        u, v = (x + 1) / 2, (y + 1) / 2
+        w = inv[6] * u + inv[7] * v + inv[8]
+        su = (inv[0] * u + inv[1] * v + inv[2]) / w
+        sv = (inv[3] * u + inv[4] * v + inv[5]) / w
+        return 2 * su - 1, 2 * sv - 1
+
+    return apply
+
+
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_CONSTANTS = {
+    "luma": torch.tensor(_LUMA),
+    "yiq": _YIQ.float(),
+    "yiq_inv": torch.linalg.inv(_YIQ).float(),
+    "corners": torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]),   # TL, TR, BR, BL
+}
+_DEVICE_CONSTANTS: dict = {}
+
+
+def _const(name: str, device) -> torch.Tensor:
+    """A constant on `device`, copied there once (a host-to-device copy per call would
+    synchronise the stream and stall the GPU in the guided loop)."""
+    key = (name, str(device))
+    if key not in _DEVICE_CONSTANTS:
+        _DEVICE_CONSTANTS[key] = _CONSTANTS[name].to(device)
+    return _DEVICE_CONSTANTS[key]
+
+
+def _colour_transform(b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, hue: torch.Tensor, gray: torch.Tensor,
+                      mean_gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour jitter (brightness b, contrast c, saturation s, hue shift in turns) then grayscale,
+    folded into one affine map per view: x ← M x + v, M [N, 3, 3], v [N, 3, 1].
+
+    Brightness scales, contrast blends with the view's mean gray (× b), saturation blends with
+    the pixel's gray, hue rotates the chroma plane in YIQ; torchvision clamps after each of
+    these, here one clamp follows the whole map (they differ only where a channel saturates).
+    """
+    n, dev = b.shape[0], b.device
+    w = _const("luma", dev)
+    eye = torch.eye(3, device=dev).expand(n, 3, 3)
+    ones_w = torch.ones(3, 1, device=dev) * w.view(1, 3)               # 1·wᵀ (gray of every channel)
+    sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * ones_w
+    ang = 2 * math.pi * hue
+    rot = torch.zeros(n, 3, 3, device=dev)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(ang), -torch.sin(ang)
+    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(ang), torch.cos(ang)
+    hue_m = _const("yiq_inv", dev) @ rot @ _const("yiq", dev)
+    gray_m = torch.where(gray.view(n, 1, 1), ones_w.expand(n, 3, 3), eye)
+    chain = gray_m @ hue_m @ sat                                        # after the contrast blend
+    m = chain * (c * b).view(n, 1, 1)
+    v = chain @ ((1 - c) * b * mean_gray).view(n, 1, 1).expand(n, 3, 1)
+    return m, v
+
+
+@dataclass
+class ViewAugmenter:
+    """n_views augmented views per image (DESIGN §6 / Text2LIVE-style): view 0 is the whole
+    image resized to `size` on the short side (long side at most size·320/224), the others
+    random crops of 60–100 % of each side; every view gets flip (p .5), affine (±15°,
+    translate 10 %, fill 1, p .8), perspective (0.4, fill 1, p .5), colour jitter (0.1 each,
+    p .7), grayscale (p .15), then CLIP normalisation (done by the caller).
+
+    CLIP's ViT takes a square input, so every view is resampled to `size` (h, w): the crop,
+    flip, affine and perspective maps are composed into one sampling grid per view and all
+    views of all samples are drawn by a single `grid_sample` call. Differentiable w.r.t. the
+    images; the random parameters come from `generator`.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    n_views: int = N_VIEWS
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    max_long_ratio: float = 320 / 224
+    flip_p: float = 0.5
+    affine_p: float = 0.8
+    degrees: float = 15.0
+    translate: float = 0.1
+    perspective_p: float = 0.5
+    distortion: float = 0.4
+    jitter_p: float = 0.7
+    jitter: float = 0.1
+    gray_p: float = 0.15
+    fill: float = 1.0
+
+    def base(self, img: torch.Tensor) -> torch.Tensor:
+        """The whole image resized to the view size on its short side (long side capped)."""
+        h, w = img.shape[-2:]
+        short = min(self.size)
+        if h <= w:
+            bh, bw = short, min(max(1, round(short * w / h)), round(short * self.max_long_ratio))
+        else:
+            bw, bh = short, min(max(1, round(short * h / w)), round(short * self.max_long_ratio))
+        if (bh, bw) == (h, w):
+            return img
+        return F.interpolate(img, size=(bh, bw), mode="bilinear", align_corners=False, antialias=True)
+
+    def __call__(self, img01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] → [B·n_views, 3, size] in [0, 1] (sample-major)."""
+        b = img01.shape[0]
+        v = self.n_views
+        n = b * v
+        dev = img01.device
+        rh, rw = self.size
+        u = torch.rand(n, 24, generator=generator, device=dev)
+        first = (torch.arange(n, device=dev) % v == 0)
+
+        # crop box (half-size and centre in normalised base coordinates); view 0: the whole image
+        lo, hi = self.crop_scale
+        sx = torch.where(first, 1.0, lo + (hi - lo) * u[:, 0])
+        sy = torch.where(first, 1.0, lo + (hi - lo) * u[:, 1])
+        cx = (1 - sx) * (2 * u[:, 2] - 1)
+        cy = (1 - sy) * (2 * u[:, 3] - 1)
+        flip = torch.where(u[:, 4] < self.flip_p, -1.0, 1.0)
+        aff = (u[:, 5] < self.affine_p).float()
+        ang = math.radians(self.degrees) * (2 * u[:, 6] - 1) * aff
+        tx = 2 * self.translate * (2 * u[:, 7] - 1) * aff
+        ty = 2 * self.translate * (2 * u[:, 8] - 1) * aff
+        per = (u[:, 9] < self.perspective_p).float()
+        d = self.distortion * u[:, 10:18].view(n, 4, 2) * per.view(n, 1, 1)
+
+        # output pixel centres (normalised, align_corners=False)
+        ys = (torch.arange(rh, device=dev, dtype=torch.float32) * 2 + 1) / rh - 1
+        xs = (torch.arange(rw, device=dev, dtype=torch.float32) * 2 + 1) / rw - 1
+        oy, ox = torch.meshgrid(ys, xs, indexing="ij")
+        ox, oy = ox.reshape(1, -1), oy.reshape(1, -1)
+
+        # perspective: the corners move inward by up to `distortion` of the half-size; sample
+        # through the homography from the moved corners back to the original ones
+        corners = _const("corners", dev)
+        moved = corners.unsqueeze(0) - corners.unsqueeze(0) * d   # each corner moves inward
+        px, py = _quad_to_square(moved)(ox, oy)
+        valid = (px.abs() <= 1) & (py.abs() <= 1)
+
+        # affine (rotation about the centre, then translation): invert it
+        c, s = torch.cos(ang).view(n, 1), torch.sin(ang).view(n, 1)
+        qx, qy = px - tx.view(n, 1), py - ty.view(n, 1)
+        ax, ay = c * qx + s * qy, -s * qx + c * qy
+        valid &= (ax.abs() <= 1) & (ay.abs() <= 1)
+
+        # flip, then the crop box in the base image
+        gx = cx.view(n, 1) + sx.view(n, 1) * flip.view(n, 1) * ax
+        gy = cy.view(n, 1) + sy.view(n, 1) * ay
+
+        base = self.base(img01)
+        grid = torch.stack([gx, gy], -1).view(b, v * rh, rw, 2)  # all views of a sample stacked in height
+        views = F.grid_sample(base, grid.to(base.dtype), mode="bilinear", padding_mode="border",
+                              align_corners=False)
+        views = views.view(b, 3, v, rh, rw).transpose(1, 2).reshape(n, 3, rh, rw)
+        views = torch.where(valid.view(n, 1, rh, rw), views, torch.full_like(views[:1, :1, :1, :1], self.fill))
+
+        # colour jitter (p jitter_p) and grayscale (p gray_p): one per-view affine colour map
+        jit = (u[:, 18] < self.jitter_p).float()
+        j = self.jitter
+
+        def factor(col):
+            return 1 + j * (2 * u[:, col] - 1) * jit
+
+        mean_gray = torch.einsum("nchw,c->n", views, _const("luma", dev)) / (rh * rw)
+        m, off = _colour_transform(factor(19), factor(20), factor(21), j * (2 * u[:, 22] - 1) * jit,
+                                   u[:, 23] < self.gray_p, mean_gray)
+        views = torch.baddbmm(off, m, views.reshape(n, 3, rh * rw)).clamp(0, 1)
+        return views.view(n, 3, rh, rw)
+        return views
+
+
+# -- loss and gradient -----------------------------------------------------------------------------
+
+
+class TextGuide:
+    """The CLIP score of images against a prompt, and its gradient.
+
+    `score = -loss`, `loss = 1.2·(1 − mean cosine similarity)` between the image's views and a
+    random subset of the prompt's template embeddings (subset size uniform in 1..n, drawn with
+    replacement; drawn per sample so that results do not depend on the batch composition).
+    """
+
+    def __init__(self, clip: LoadedClip, prompt: str, n_views: int = N_VIEWS,
+                 generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None,
+                 cuda_graphs: bool = False):
+        self.clip = clip
+        self.prompt = prompt
+        self.generator = generator
+        self.autocast_dtype = autocast_dtype
+        # On CUDA the image encoder's forward+backward is launch-bound (~1000 small kernels):
+        # replay it as a CUDA graph per input shape (views are always batch·16 × 224²).
+        self.cuda_graphs = cuda_graphs and autocast_dtype is None
+        self.augment = ViewAugmenter(size=clip.image_size, n_views=n_views)
+        self.text = {k: clip.text_features([t.format(prompt) for t in v]) for k, v in TEMPLATES.items()}
+        self.image_forwards = 0      # image-encoder calls (instrumentation)
+        self.last_batch = 0          # images in the last image-encoder call
+
+    def _encode(self, views01: torch.Tensor) -> torch.Tensor:
+        x = ((views01 - self.clip.mean) / self.clip.std).to(self.clip.dtype)
+        self.image_forwards += 1
+        self.last_batch = x.shape[0]
+        if self.cuda_graphs and x.is_cuda and x.requires_grad:
+            encoder = self._graphed(x)
+            if encoder is not None:
+                return F.normalize(encoder(x).float(), dim=-1)
+        ctx = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+               if self.autocast_dtype is not None else contextlib.nullcontext())
+        with ctx:
+            feats = self.clip.model.visual(x)
+        return F.normalize(feats.float(), dim=-1)
+
+    def _graphed(self, x: torch.Tensor):
+        """The image encoder captured (forward and backward) for x's shape; None if capture fails."""
+        key = (tuple(x.shape), x.dtype)
+        graphs = self.clip._graphs
+        if key not in graphs:
+            visual = self.clip.model.visual
+            sample = torch.zeros(x.shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            try:
+                graphs[key] = torch.cuda.make_graphed_callables(lambda v: visual(v), (sample,))
+            except Exception as e:  # an unsupported op or driver: run eagerly, say so once
+                import warnings
+
+                warnings.warn(f"CLIP encoder: CUDA graph capture failed ({type(e).__name__}: {e}); "
+                              "running it eagerly")
+                graphs[key] = None
+        return graphs[key]
+
+    def _template_weights(self, batch: int, n: int, device) -> torch.Tensor:
+        """[batch, n]: each row averages a random multiset of k ~ U{1..n} templates."""
+        k = torch.randint(1, n + 1, (batch,), generator=self.generator, device=device)
+        idx = torch.randint(0, n, (batch, n), generator=self.generator, device=device)
+        take = (torch.arange(n, device=device).unsqueeze(0) < k.unsqueeze(1)).float()
+        w = torch.zeros(batch, n, device=device).scatter_add_(1, idx, take)
+        return w / k.unsqueeze(1).float()
+
+    def similarity(self, images: torch.Tensor, templates: str = "hq", augment: bool = True,
+                   subset: bool = True) -> torch.Tensor:
+        """[B] mean cosine similarity of each image (in [-1, 1]) with the prompt."""
+        b = images.shape[0]
+        img01 = (images.float() + 1) / 2
+        if augment:
+            views = self.augment(img01, self.generator)
+        else:
+            views = self.augment.base(img01)
+            views = F.interpolate(views, size=self.clip.image_size, mode="bilinear", align_corners=False,
+                                  antialias=True)
+        nv = views.shape[0] // b
+        feats = self._encode(views)                          # [B·V, D]
+        text = self.text[templates]                          # [n, D]
+        cos = (feats @ text.t()).view(b, nv, -1)             # [B, V, n]
+        if subset:
+            w = self._template_weights(b, text.shape[0], images.device)
+        else:
+            w = torch.full((b, text.shape[0]), 1.0 / text.shape[0], device=images.device)
+        return (cos * w.unsqueeze(1)).sum(-1).mean(1)
+
+    def score(self, images: torch.Tensor, templates: str = "hq", augment: bool = False) -> torch.Tensor:
+        """[B] CLIP score −loss with every template (no subset); no augmentation by default."""
+        with torch.no_grad():
+            return -LOSS_WEIGHT * (1 - self.similarity(images, templates, augment=augment, subset=False))
+
+    def score_grad(self, images: torch.Tensor, templates: str = "hq") -> tuple[torch.Tensor, torch.Tensor]:
+        """([B] score, [B, 3, H, W] its gradient w.r.t. `images`): one encoder forward/backward."""
+        with torch.enable_grad():
+            x = images.detach().float().requires_grad_(True)
+            loss = LOSS_WEIGHT * (1 - self.similarity(x, templates))
+            (g,) = torch.autograd.grad(-loss.sum(), x)
+        return -loss.detach(), g
+
+
+# -- mask and step ------------------------------------------------------------------------------------
+
+
+def nearest_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row quantile of [B, n] `values`, 'nearest' interpolation (as torch.quantile, whose
+    rank q·(n−1) is computed in float32 and rounded half to even), without its size limit."""
+    n = values.shape[1]
+    rank = int(torch.round(torch.tensor(q, dtype=torch.float32) * (n - 1)).item())
+    return values.kthvalue(rank + 1, dim=1).values
+
+
+def threshold_gradient(g: torch.Tensor, fill_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fill-factor mask (DESIGN §6; golden `clip/thresholded_q*`, q = 1 − fill_factor).
+
+    e = ||g||₂ over channels per pixel; q = per-sample 'nearest' quantile 1 − f of e;
+    m = e > q (strict: at f = 1 the minimum-energy pixel stays out); g ← max(e − q, 0)·g/e.
+    Returns (m [B, 1, H, W] float, thresholded g).
+    """
+    e = g.norm(dim=1, keepdim=True)
+    q = nearest_quantile(e.flatten(1), 1.0 - fill_factor).view(-1, 1, 1, 1)
+    mask = (e > q).to(g.dtype)
+    unit = torch.where(e > 0, g / e, torch.zeros_like(g))
+    return mask, (e - q).clamp(min=0) * unit
+
+
+def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+def guidance_step(x0: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, strength: float) -> torch.Tensor:
+    """x̂0 ← clamp(x̂0 + η·δ·g·m), δ = ||x̂0·m|| / ||g·m|| per sample (0 where g·m = 0)."""
+    m = mask if mask is not None else torch.ones_like(x0[:, :1])
+    gm = g * m
+    num, den = _per_sample_norm(x0 * m), _per_sample_norm(gm)
+    delta = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.zeros_like(den))
+    return (x0 + strength * delta * gm).clamp(-1, 1)
+
+
+# -- guided sampling -------------------------------------------------------------------------------
+
+
+@dataclass
+class GuidanceParams:
+    strength: float = 0.3        # η
+    fill_factor: float = 0.3     # f
+    momentum: float = 0.2        # λ (0.2 in the reference, 0.05 in the paper)
+    guide_from: int = 1          # first guided scale
+    unguided_tail: int = UNGUIDED_TAIL
+
+
+@dataclass
+class GuideEvent:
+    """What one sampling step did (for callbacks and tests)."""
+
+    scale: int
+    t: int
+    guided: bool
+    x0_in: torch.Tensor | None = None     # x̂0 as the denoiser gave it (clamped)
+    x0_out: torch.Tensor | None = None    # x̂0 after momentum and the CLIP step
+    mask: torch.Tensor | None = None
+    mask_built: bool = False
+    score: torch.Tensor | None = None
+
+
+class _GuideState:
+    def __init__(self, guide: TextGuide, params: GuidanceParams):
+        self.guide, self.p = guide, params
+        self.mask: torch.Tensor | None = None
+        self.prev: torch.Tensor | None = None
+        self.event: GuideEvent | None = None
+
+    def resize(self, size_hw) -> None:
+        size_hw = tuple(size_hw)
+        if self.mask is not None and tuple(self.mask.shape[-2:]) != size_hw:
+            self.mask = upsample(self.mask, size_hw)
+        if self.prev is not None and tuple(self.prev.shape[-2:]) != size_hw:
+            self.prev = upsample(self.prev, size_hw)
+
+    def hook(self, scale: int):
+        templates = "lq" if scale == 0 else "hq"
+
+        def step(x0: torch.Tensor, t: int) -> torch.Tensor:
+            x_in = x0
+            m, lam = self.mask, self.p.momentum
+            if m is not None and self.prev is not None:
+                x0 = (1 - m) * x0 + m * (lam * x0 + (1 - lam) * self.prev)
+            score, g = self.guide.score_grad(x0, templates)
+            built = m is None
+            if built:
+                m, g = threshold_gradient(g, self.p.fill_factor)
+                self.mask = m
+            x0 = guidance_step(x0, g, m, self.p.strength)
+            self.prev = x0
+            self.event = GuideEvent(scale, t, True, x_in, x0, m, built, score)
+            return x0
+
+        return step
+
+
+class _Autocast(torch.nn.Module):
+    """Run the denoiser under autocast (precision 'fast' on CUDA)."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x, t, scale):
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            return self.model(x, t, scale)
+
+
+def autocast_model(model, dtype: torch.dtype | None):
+    return model if dtype is None else _Autocast(model, dtype)
+
+
+def is_guided_step(params: GuidanceParams, scale: int, n_scales: int, t: int, k: int, n_steps: int) -> bool:
+    """Step k (t = n_steps-1-k) of `scale`: guided unless before `guide_from`, in the first half
+    of scale 0 (supplement E.3), or in the last `unguided_tail` steps of the finest scale."""
+    if scale < params.guide_from:
+        return False
+    if scale == 0 and k < n_steps // 2:
+        return False
+    if scale == n_scales - 1 and t < params.unguided_tail:
+        return False
+    return True
+
+
+@torch.no_grad()
+def sample_guided(model, schedule, sizes_hw: list[tuple[int, int]], start_t: list[int], batch: int,
+                  guide: TextGuide | None, params: GuidanceParams, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu", init: torch.Tensor | None = None, first_scale: int = 0,
+                  progress=None, on_step: Callable[[GuideEvent], None] | None = None) -> torch.Tensor:
+    """Text-guided coarse-to-fine sampling (DESIGN §6): DDPM ancestral steps at every scale
+    (γ = 0, scale 0's posterior variance); scale s ≥ 1 starts from the previous output,
+    upsampled and noised to T[s]. With `init` (the result of scale first_scale−1), sampling
+    starts at `first_scale`. `guide=None` (or η = 0) gives the unguided run with the same noise.
+
+    Noise comes from `generator` only (the guide's augmentations use their own generator), so
+    guided and unguided runs with the same seed share every noise draw.
+    """
+    device = torch.device(device)
+    n = len(sizes_hw)
+    state = _GuideState(guide, params) if guide is not None else None
+    x = init
+    for s in range(first_scale, n):
+        steps = start_t[s]
+        if s == 0:
+            x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
+        else:
+            if x is None:
+                raise ValueError("sample_guided: `init` is required when first_scale > 0")
+            x_up = upsample(x.to(device).float(), sizes_hw[s])
+            if x_up.shape[0] != batch:
+                x_up = x_up.expand(batch, -1, -1, -1)
+            noise = torch.randn(x_up.shape, generator=generator, device=device)
+            x = q_sample(schedule, x_up, steps, noise)
+        if state is not None:
+            state.resize(sizes_hw[s])
+        for k, t in enumerate(range(steps - 1, -1, -1)):
+            noise = torch.randn(x.shape, generator=generator, device=device)
+            guided = state is not None and is_guided_step(params, s, n, t, k, steps)
+            hook = state.hook(s) if guided else None
+            x = ddpm_step(model, schedule, x, t, s, noise, hook)
+            if on_step is not None:
+                on_step(state.event if guided else GuideEvent(s, t, False))
+            if progress is not None:
+                progress.update(1)
+        if s == 0 and state is not None:
+            state.mask = None  # a mask made at scale 0 is too noisy: rebuilt at scale 1
+    return x
+
+
+@torch.no_grad()
+def denoise(model, schedule, x: torch.Tensor, scale: int, t_start: int, generator: torch.Generator | None = None,
+            progress=None) -> torch.Tensor:
+    """Noise `x` to t_start, then DDPM steps t_start−1 .. 0 at `scale` (γ = 0)."""
+    x = q_sample(schedule, x, t_start, torch.randn(x.shape, generator=generator, device=x.device))
+    for t in range(t_start - 1, -1, -1):
+        x = ddpm_step(model, schedule, x, t, scale, torch.randn(x.shape, generator=generator, device=x.device))
+        if progress is not None:
+            progress.update(1)
+    return x
+
+
+def optimize_roi(guide: TextGuide, image: torch.Tensor, box: tuple[int, int, int, int], batch: int,
+                 region: torch.Tensor | None = None, iterations: int = 100, step: float = 0.1,
+                 progress=None) -> torch.Tensor:
+    """Text in a region (DESIGN §6): the box (y, x, h, w) of `image` [1, 3, H, W] is optimised
+    directly, `iterations` × (x ← clamp(x + step·δ·g), δ = ||x|| / ||g||) on the low-quality
+    templates, CLIP seeing only the box; `region` [1, 1, H, W] (a mask image, optional) limits
+    the change to its pixels. Returns [batch, 3, H, W]: the image with the result pasted back,
+    identical to `image` outside the box (and outside `region`)."""
+    y, x, h, w = box
+    crop = image[:, :, y:y + h, x:x + w].float().expand(batch, -1, -1, -1).clone()
+    m = None if region is None else region[:, :, y:y + h, x:x + w].float()
+    for _ in range(iterations):
+        _, g = guide.score_grad(crop, "lq")
+        crop = guidance_step(crop, g, m, step)
+        if progress is not None:
+            progress.update(1)
+    out = image.float().expand(batch, -1, -1, -1).clone()
+    if m is not None:
+        crop = torch.where(m > 0, crop, out[:, :, y:y + h, x:x + w])
+    out[:, :, y:y + h, x:x + w] = crop
+    return out

@@ -1,0 +1,337 @@
+"""Text guidance (sinddm.guidance, sinddm.edits.text) on a tiny random CLIP and a smoke model.
+
+The CLIP is `tests/data/tiny-clip.json` (1 layer per tower, 32 px input) with random weights
+saved by a fixture; nothing here may touch the network (a fixture makes sockets fail).
+"""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from sinddm import guidance as G
+from sinddm.checkpoint import load_model
+from sinddm.cli import main
+
+from .conftest import CONFIGS, GOLDEN
+
+TINY_CLIP = GOLDEN.parent / "data" / "tiny-clip.json"
+SMALL = GOLDEN / "small_120x90.png"
+START_T = [4, 4, 8]                  # T[0..2] of the 3-scale smoke model: a few steps per scale
+FAST_T = ["--start-t", *map(str, START_T)]
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Any attempt to open a connection (a weight download) fails the test loudly."""
+    real = socket.socket.connect
+
+    def refuse(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network access attempted: {address}")
+        return real(self, address)
+
+    socket.socket.connect = refuse
+    yield
+    socket.socket.connect = real
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    assert cli("train", SMALL, "--config", CONFIGS / "smoke.yaml", "--out", run, "--steps", 4,
+               "--device", "cpu", "--seed", 0, "--quiet") == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def loaded(smoke_run):
+    return load_model(smoke_run)
+
+
+@pytest.fixture(scope="module")
+def clip_ckpt(tmp_path_factory):
+    """Random weights of the tiny config, saved as a local checkpoint (the offline route)."""
+    import open_clip
+
+    open_clip.add_model_config(TINY_CLIP)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_args(clip_ckpt):
+    return ["--clip-model", TINY_CLIP, "--clip-checkpoint", clip_ckpt]
+
+
+@pytest.fixture(scope="module")
+def clip(clip_ckpt):
+    return G.load_clip(G.ClipSpec(str(TINY_CLIP), "none", str(clip_ckpt)), "cpu")
+
+
+def make_guide(clip, prompt="a red castle", seed=0):
+    return G.TextGuide(clip, prompt, generator=torch.Generator().manual_seed(seed))
+
+
+def run_guided(loaded, guide, params, seed=0, batch=2, start_t=START_T, on_step=None, **kw):
+    return G.sample_guided(loaded.model, loaded.schedule, loaded.pyramid.sizes_hw, start_t, batch, guide, params,
+                           generator=torch.Generator().manual_seed(seed), on_step=on_step, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# mask and step
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("q", ["0.0", "0.5", "0.8"])
+def test_golden_thresholded_gradient(q, golden):
+    """Bit-exact: q = 1 - f is the per-sample 'nearest' quantile of the energy, m = e > q (strict,
+    so q = 0 leaves the minimum pixel out), g ← max(e - q, 0)·(g / e)."""
+    mask, g = G.threshold_gradient(golden["clip/grad_in"].float(), 1 - float(q))
+    assert torch.equal(mask, golden[f"clip/thresholded_q{q}/mask"])
+    assert torch.equal(g, golden[f"clip/thresholded_q{q}/grad_out"])
+
+
+@pytest.mark.parametrize("f", [0.05, 0.3, 0.5, 0.77, 1.0])
+def test_mask_area_is_the_fill_factor(f):
+    g = torch.randn(3, 3, 37, 53, generator=torch.Generator().manual_seed(1))
+    mask, gt = G.threshold_gradient(g, f)
+    n = 37 * 53
+    area = mask.mean(dim=(1, 2, 3))
+    assert torch.all((area - f).abs() <= 1.5 / n), area
+    assert torch.all(gt[mask.expand_as(g) == 0] == 0)
+    assert torch.isfinite(G.threshold_gradient(torch.zeros(1, 3, 4, 4), 0.5)[1]).all()  # e = 0: no NaN
+
+
+def test_guidance_step_is_normalised_and_masked():
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    g = torch.randn(2, 3, 8, 8)
+    m = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    out = G.guidance_step(x0, g, m, 0.0)
+    assert torch.equal(out, x0)
+    out = G.guidance_step(x0 * 0.1, g, m, 0.5)
+    outside = m.expand_as(g) == 0
+    assert torch.equal(out[outside], (x0 * 0.1)[outside])
+    step = (out - x0 * 0.1) * m  # η·δ·g·m with δ = ||x0 m|| / ||g m||: ||step|| = η ||x0 m|| (no clamp here)
+    ratio = step.flatten(1).norm(dim=1) / (x0 * 0.1 * m).flatten(1).norm(dim=1)
+    torch.testing.assert_close(ratio, torch.full((2,), 0.5), rtol=1e-5, atol=0)
+    assert torch.equal(G.guidance_step(x0, torch.zeros_like(g), m, 1.0), x0)  # zero gradient: no NaN
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP: views, one forward, templates
+# ---------------------------------------------------------------------------------------------
+
+def test_all_views_in_one_forward(clip, monkeypatch):
+    calls = []
+    visual = clip.model.visual
+    real = visual.forward
+    monkeypatch.setattr(visual, "forward", lambda x: calls.append(tuple(x.shape)) or real(x))
+    guide = make_guide(clip)
+    x = torch.rand(3, 3, 40, 57) * 2 - 1
+    score, g = guide.score_grad(x, "hq")
+    assert calls == [(3 * G.N_VIEWS, 3, *clip.image_size)]
+    assert score.shape == (3,) and g.shape == x.shape and g.abs().sum() > 0
+    assert guide.image_forwards == 1
+
+
+def test_views_are_augmented_and_differentiable():
+    aug = G.ViewAugmenter(size=(32, 32))
+    x = torch.rand(2, 3, 30, 50, requires_grad=True)
+    v = aug(x, torch.Generator().manual_seed(0))
+    assert v.shape == (2 * G.N_VIEWS, 3, 32, 32) and 0 <= v.min() and v.max() <= 1
+    assert not torch.allclose(v[1], v[2])
+    v.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert len(G.HQ_TEMPLATES) == 14 and len(G.LQ_TEMPLATES) == 26
+
+
+def test_template_subsets_average_templates(clip):
+    guide = make_guide(clip)
+    w = guide._template_weights(500, 14, "cpu")
+    torch.testing.assert_close(w.sum(1), torch.ones(500))
+    k = (w > 0).sum(1)
+    assert k.min() >= 1 and k.max() > 7  # sizes spread over 1..n
+
+
+def test_clip_is_cached_per_process(clip, clip_ckpt):
+    again = G.load_clip(G.ClipSpec(str(TINY_CLIP), "none", str(clip_ckpt)), "cpu")
+    assert again is clip
+
+
+# ---------------------------------------------------------------------------------------------
+# guided sampling
+# ---------------------------------------------------------------------------------------------
+
+def test_guided_steps_mask_and_tail(loaded, clip):
+    """Guidance from scale 1; the mask covers f of the image when built, pixels outside it are
+    untouched by the guidance step, and the last 3 steps of the finest scale run unguided."""
+    guide = make_guide(clip)
+    events = []
+    params = G.GuidanceParams(strength=0.5, fill_factor=0.25, momentum=0.2, guide_from=1)
+    run_guided(loaded, guide, params, on_step=events.append)
+    n = loaded.pyramid.n_scales
+    assert [(e.scale, e.t) for e in events] == [(s, t) for s in range(n) for t in range(START_T[s] - 1, -1, -1)]
+    guided = [(e.scale, e.t) for e in events if e.guided]
+    expect = [(s, t) for s in range(1, n) for t in range(START_T[s] - 1, -1, -1) if not (s == n - 1 and t < 3)]
+    assert guided == expect
+    assert guide.image_forwards == len(expect)  # one CLIP forward per guided step, none elsewhere
+
+    built = [e for e in events if e.guided and e.mask_built]
+    assert [(e.scale, e.t) for e in built] == [(1, START_T[1] - 1)]  # built once, then carried
+    area = built[0].mask.mean(dim=(1, 2, 3))
+    assert torch.all((area - 0.25).abs() <= 1.5 / built[0].mask[0].numel())
+    for e in (x for x in events if x.guided):
+        outside = (e.mask == 0).expand_as(e.x0_in)
+        assert outside.any()
+        assert torch.equal(e.x0_out[outside], e.x0_in[outside])
+        assert not torch.equal(e.x0_out, e.x0_in)
+    finest = [e for e in events if e.guided and e.scale == n - 1]
+    assert tuple(finest[0].mask.shape[-2:]) == loaded.pyramid.sizes_hw[-1]  # resized to the finer scale
+
+
+def test_scale_zero_start_leaves_first_half_unguided(loaded, clip):
+    guide = make_guide(clip)
+    events = []
+    params = G.GuidanceParams(strength=0.3, fill_factor=0.5, guide_from=0)
+    start_t = [6, 3, 5]
+    run_guided(loaded, guide, params, batch=1, start_t=start_t, on_step=events.append)
+    s0 = [e.guided for e in events if e.scale == 0]
+    assert s0 == [False] * 3 + [True] * 3
+    built = [(e.scale, e.t) for e in events if e.guided and e.mask_built]
+    assert built == [(0, 2), (1, 2)]  # scale 0's mask is discarded and rebuilt at scale 1
+
+
+def test_guided_samples_score_higher(loaded, clip):
+    """Guidance ascends the CLIP score: guided samples beat unguided ones with the same noise."""
+    params = G.GuidanceParams(strength=1.0, fill_factor=1.0, momentum=0.2, guide_from=1)
+    guide = make_guide(clip)
+    guided = run_guided(loaded, guide, params, seed=3, batch=3, start_t=[4, 6, 10])
+    plain = run_guided(loaded, None, params, seed=3, batch=3, start_t=[4, 6, 10])
+    never = run_guided(loaded, make_guide(clip), G.GuidanceParams(guide_from=3), seed=3, batch=3, start_t=[4, 6, 10])
+    assert torch.equal(never, plain)  # the guide draws from its own generator: same noise stream
+    s_guided, s_plain = guide.score(guided), guide.score(plain)
+    assert torch.all(s_guided > s_plain), (s_guided, s_plain)
+
+
+def test_roi_changes_only_the_box(loaded, clip):
+    image = loaded.pyramid.level_tensor(loaded.pyramid.n_scales - 1).unsqueeze(0)
+    box = (10, 20, 30, 40)
+    out = G.optimize_roi(make_guide(clip), image, box, batch=2, iterations=5)
+    inside = torch.zeros_like(image, dtype=torch.bool)
+    inside[..., 10:40, 20:60] = True
+    assert torch.equal(out[:, ~inside[0]], image.expand(2, -1, -1, -1)[:, ~inside[0]])
+    assert not torch.equal(out[inside.expand_as(out)], image.expand_as(out)[inside.expand_as(out)])
+
+    region = torch.zeros(1, 1, *image.shape[-2:])
+    region[..., 15:30, 25:50] = 1
+    out = G.optimize_roi(make_guide(clip), image, (15, 25, 15, 25), batch=1, region=region, iterations=3)
+    changed = (out != image).any(1)
+    assert changed.any() and not changed[region[:, 0] == 0].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def read_png(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def test_cli_modes(smoke_run, loaded, clip_args, tmp_path):
+    h, w = loaded.pyramid.sizes_hw[-1]
+    common = ["--num", 2, "--batch-size", 2, "--device", "cpu", "--quiet", *clip_args]
+    out = tmp_path / "content"
+    assert cli("edit", smoke_run, "text-content", "--text", "a castle", "--fill-factor", 0.4, "--strength", 0.5,
+               *FAST_T, "--size", "70x100", "--out", out, *common) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "text_content_000.png", "text_content_001.png"]
+    assert read_png(out / "text_content_000.png").shape == (70, 100, 3)
+
+    out = tmp_path / "style"
+    assert cli("edit", smoke_run, "text-style", "--text", "Monet", *FAST_T, "--out", out, *common) == 0
+    assert read_png(out / "text_style_001.png").shape == (h, w, 3)
+
+    out = tmp_path / "transfer"
+    assert cli("edit", smoke_run, "text-style-transfer", "--text", "Van Gogh", "--start-t", 6, 5, "--out", out,
+               *common) == 0
+    assert read_png(out / "text_style_transfer_000.png").shape == (h, w, 3)
+
+    out = tmp_path / "roi"
+    assert cli("edit", smoke_run, "text-roi", "--text", "a red ball", "--box", "10,20,30,40", "--iterations", 5,
+               "--out", out, *common) == 0
+    img = read_png(out / "text_roi_000.png")
+    assert img.shape == (h, w, 3)
+    mask = tmp_path / "mask.png"
+    a = np.zeros((h, w), np.uint8)
+    a[5:25, 30:60] = 255
+    Image.fromarray(a).save(mask)
+    assert cli("edit", smoke_run, "text-roi", "--text", "a red ball", "--mask", mask, "--iterations", 2,
+               "--out", tmp_path / "roi_mask", *common) == 0
+
+
+def test_cli_run_loads_clip_once(smoke_run, clip_args, tmp_path, monkeypatch):
+    import open_clip
+
+    created = []
+    real = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: created.append(a) or real(*a, **k))
+    monkeypatch.setattr(G, "_CLIP_CACHE", {})
+    clip_opts = {"clip_model": str(clip_args[1]), "clip_checkpoint": str(clip_args[3])}
+    base = {"model": str(smoke_run), "num": 1, "device": "cpu", "quiet": True, "start_t": START_T, **clip_opts}
+    jobs = [{"edit": {**base, "mode": "text-content", "text": "a castle", "out": str(tmp_path / "a")}},
+            {"edit": {**base, "mode": "text-style", "text": "Monet", "out": str(tmp_path / "b")}}]
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump(jobs))
+    assert cli("run", path) == 0
+    assert len(created) == 1
+    assert (tmp_path / "a" / "text_content_000.png").is_file() and (tmp_path / "b" / "grid.png").is_file()
+
+
+def test_offline_without_weights_is_one_line(smoke_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(G.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(G, "_CLIP_CACHE", {})
+    rc = cli("edit", smoke_run, "text-content", "--text", "a castle", "--device", "cpu", "--out", tmp_path / "o")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert "ViT-B-32" in err and "--clip-checkpoint" in err and "ViT-B-32.pt" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["text-content", "--text", " "], "--text"),
+    (["text-content", "--text", "x", "--fill-factor", "1.5"], "--fill-factor"),
+    (["text-content", "--text", "x", "--start-scale", "3"], "--start-scale"),
+    (["text-roi", "--text", "x", "--box", "0,0,500,10"], "--box"),
+    (["text-roi", "--text", "x", "--mask", "missing.png"], "--mask"),
+    (["text-style", "--text", "x", "--clip-model", "no-such-model"], "--clip-model"),
+    (["text-style", "--text", "x", "--clip-checkpoint", "missing.pt"], "--clip-checkpoint"),
+])
+def test_bad_inputs(smoke_run, tmp_path, capsys, argv, needle):
+    rc = cli("edit", smoke_run, *argv, "--device", "cpu", "--out", tmp_path / "o")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
