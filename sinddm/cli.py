@@ -70,12 +70,12 @@ def add_size_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=_size, metavar="HxW", help="finest output size in pixels, height first")
 
 
-def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4) -> None:
+def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_name: str = "samples") -> None:
     """Options every image-producing command shares."""
     p.add_argument("--num", type=_positive_int("--num"), default=default_num,
                    help=f"number of images (default {default_num})")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
+    p.add_argument("--out", help=f"output folder (default: RUN_DIR/{out_name})")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"),
                    help="images per batch (default: as many as fit in memory)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     for mode in available_modes():
         m = modes.add_parser(mode.name, help=mode.help, description=mode.help)
         mode.add_arguments(m)
-        add_output_arguments(m)
+        add_output_arguments(m, out_name=f"edit_{mode.name}")
 
     r = sub.add_parser("run", help="run a YAML list of sample/edit jobs in one process",
                        description="Run JOBS.yaml: a list of jobs, each {sample: {...}} or {edit: {...}} whose "
@@ -297,7 +297,7 @@ def _write_training_grid(out: Path, n: int, device, seed: int, quiet: bool, prec
     Image.fromarray(make_grid([real] + [to_uint8(x) for x in imgs])).save(out / "samples_grid.png")
 
 
-def _parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
+def parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
     if not values:
         return default
     n = len(default)
@@ -324,7 +324,7 @@ def cmd_sample(args) -> int:
     if not 0 <= args.start_level < pyr.n_scales:
         raise UserError(f"--start-level must be in 0..{pyr.n_scales - 1}, got {args.start_level}")
     sizes = output_sizes(loaded, args, start_level=args.start_level)
-    start_t = _parse_start_t(args.start_t, loaded.start_t)
+    start_t = parse_start_t(args.start_t, loaded.start_t)
     out = output_folder(loaded, args)
     imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
                     device=device, progress=not args.quiet, precision=args.precision)
@@ -457,6 +457,16 @@ def cmd_run(args) -> int:
             raise UserError(f"jobs file '{path}': job {i + 1}: {e}") from None
     _RUN_CACHE = {}
     try:
+        from .edits import get_mode
+        from .training import resolve_device
+
+        for i, job_args in enumerate(parsed):  # every job's inputs are checked before any output
+            if job_args.command == "edit":
+                try:
+                    loaded = load_run(job_args.model, resolve_device(job_args.device))
+                    get_mode(job_args.mode).validate(job_args, loaded)
+                except UserError as e:
+                    raise UserError(f"jobs file '{path}': job {i + 1}: {e}") from None
         for i, job_args in enumerate(parsed):
             print(f"job {i + 1}/{len(parsed)}: {job_args.command} {job_args.model}", file=sys.stderr)
             COMMANDS[job_args.command](job_args)

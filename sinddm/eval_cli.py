@@ -241,7 +241,7 @@ def _apply_threads(args) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .cli import _parse_start_t, load_run
+    from .cli import load_run, parse_start_t
     from .training import resolve_device
 
     device = resolve_device(args.device)
@@ -250,7 +250,7 @@ def cmd_eval(args) -> int:
     if args.samples is not None and not Path(args.samples).is_dir():
         raise UserError(f"--samples '{args.samples}': no such folder; give the folder of sample PNGs")
     loaded = load_run(args.run, device)
-    start_t = _parse_start_t(args.start_t, loaded.start_t) if args.samples is None else None
+    start_t = parse_start_t(args.start_t, loaded.start_t) if args.samples is None else None
     default_out = (loaded.path.parent if loaded.path.name in ("model.safetensors", "checkpoint.pt")
                    else Path(".")) / "eval"
     out = Path(args.out) if args.out else default_out

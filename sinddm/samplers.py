@@ -2,8 +2,9 @@
 
 `model(x, t, scale)` predicts ε. Noise comes from a `noise_sampler(t)` callable so
 that tests can replay recorded noise and callers can choose their generator.
-An optional `x0_hook(x0, t)` sees (and may replace) every clamped x̂0: guidance and
-region edits plug in there.
+An optional `x0_hook(x0, t)` sees (and may replace) every x̂0 — clamped in the DDPM
+sampler, unclamped in the blended sampler (which clamps later): guidance and region
+edits plug in there.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ class RoiCopy:
                        help="start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
 
     def validate(self, args, loaded) -> None:
-        from ..cli import _parse_start_t, output_sizes
+        from ..cli import output_sizes, parse_start_t
         from ..editing import box_outside
 
         pyr = loaded.pyramid
@@ -150,7 +150,7 @@ class RoiCopy:
             raise UserError(f"model '{loaded.path}': roi-copy needs at least 2 scales (this model has 1); "
                             "train on a larger image")
         sizes = output_sizes(loaded, args)
-        start_t = _parse_start_t(args.start_t, loaded.start_t)
+        start_t = parse_start_t(args.start_t, loaded.start_t)
         h, w = pyr.sizes_hw[-1]
         if box_outside(args.source, (h, w)):
             raise UserError(f"--source '{args.source}': reaches beyond the training image's finest scale "
