@@ -9,6 +9,7 @@ A mode is an object with `name`, `help`, `add_arguments(parser)`, `validate(args
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 
@@ -30,3 +31,13 @@ def get_mode(name: str):
         if mode.name == name:
             return mode
     raise UserError(f"edit mode '{name}' is not available")
+
+
+def box_arg(value: str):
+    """argparse type for a box `y,x,h,w` in finest-scale pixels (see editing.parse_box)."""
+    from ..editing import parse_box
+
+    try:
+        return parse_box(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -14,15 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-
-
-def _box(v: str):
-    from ..editing import parse_box
-
-    try:
-        return parse_box(v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from . import box_arg
 
 
 def _start_t(v: str) -> int:
@@ -132,9 +124,9 @@ class RoiCopy:
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from ..cli import add_size_arguments
 
-        p.add_argument("--source", required=True, type=_box, metavar="y,x,h,w",
+        p.add_argument("--source", required=True, type=box_arg, metavar="y,x,h,w",
                        help="box of the training image to copy, in finest-scale pixels (see 'sinddm inspect')")
-        p.add_argument("--target", required=True, type=_box, nargs="+", action="extend", metavar="y,x,h,w",
+        p.add_argument("--target", required=True, type=box_arg, nargs="+", action="extend", metavar="y,x,h,w",
                        help="box(es) of the output to fill, in finest output pixels; repeatable. A target "
                             "of another size than the source gets the source resized to it")
         add_size_arguments(p)

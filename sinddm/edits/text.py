@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from . import box_arg
 
 _DEFAULT_BATCH_CAP = 16   # 16 samples × 16 views = 256 CLIP images per guided step
 
@@ -31,17 +32,6 @@ def _unit_float(flag: str):
             raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1], got {v!r}")
         return f
     return parse
-
-
-def _box(v: str) -> tuple[int, int, int, int]:
-    parts = v.replace(" ", "").split(",")
-    try:
-        nums = tuple(int(p) for p in parts)
-    except ValueError:
-        nums = ()
-    if len(nums) != 4 or nums[0] < 0 or nums[1] < 0 or nums[2] < 1 or nums[3] < 1:
-        raise argparse.ArgumentTypeError(f"--box must be y,x,h,w in pixels (h, w >= 1), got {v!r}")
-    return nums
 
 
 def _iterations(v: str) -> int:
@@ -263,7 +253,7 @@ class TextROI:
     def add_arguments(self, p):
         _add_clip_arguments(p)
         g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument("--box", type=_box, metavar="Y,X,H,W", help="the region in finest-scale pixels")
+        g.add_argument("--box", type=box_arg, metavar="Y,X,H,W", help="the region in finest-scale pixels")
         g.add_argument("--mask", metavar="PNG", help="the region as a picture: white inside (resized to the "
                                                      "finest scale if needed)")
         p.add_argument("--iterations", type=_iterations, default=100, help="CLIP steps on the region (default 100)")
