@@ -2,14 +2,26 @@
 
 A run folder holds `model.safetensors` (EMA weights, the pyramid levels as uint8
 tensors, and JSON metadata: config, pyramid facts, step) for inference, and
-`checkpoint.pt` (optimizer, scheduler, RNG states...) for resuming training.
+`checkpoint.pt` (optimizer, scheduler, RNG states...) for resuming training, with
+the last `train.keep_checkpoints` training checkpoints kept in `checkpoints/`.
+
+Crash safety: every file is written to a temporary file in the same folder, flushed
+to disk, renamed over the old one and the folder is flushed too (`atomic_write`), so
+a crash leaves either the old or the new file, never a torn one (at worst a stale
+`.NAME.XXXXXXXX.tmp`, removed when training continues). Training checkpoints carry a checksum of
+their contents, so a damaged file (truncated, or bits changed on disk) is detected
+on load, and --resume falls back to the newest intact one in `checkpoints/`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,21 +39,99 @@ from .schedule import Schedule, blend_gammas, start_timesteps
 FORMAT = "sinddm/1"
 MODEL_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "checkpoint.pt"
+CHECKPOINT_DIR = "checkpoints"     # history of training checkpoints: step_XXXXXXX.pt
+HISTORY_RE = re.compile(r"step_(\d+)\.pt")
+
+# Test hook: "SECONDS" or "NAME=SECONDS" pauses every (or NAME's) atomic write between
+# writing the temporary file and renaming it, so tests can kill a process mid-save.
+ENV_PAUSE = "SINDDM_TEST_PAUSE_BEFORE_RENAME"
+
+
+def _pause_before_rename(path: Path) -> None:
+    spec = os.environ.get(ENV_PAUSE, "").strip()
+    if not spec:
+        return
+    name, _, seconds = spec.rpartition("=")
+    if name and name != path.name:
+        return
+    try:
+        time.sleep(float(seconds))
+    except ValueError:
+        pass
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders can't be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain open() would give a new file (mkstemp's is 0600), or the old file's."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
+    """Write through a temporary file in the same folder, fsync it, rename it over `path`,
+    then fsync the folder: after a crash `path` is the old file or the new one, never a mix.
+
+    `write(tmp)` writes the temporary file by name.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        try:
+            os.chmod(tmp, _file_mode(path))
+        except OSError:
+            pass
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _pause_before_rename(path)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic_write(path, write)
+
+
+_TEMP_RE = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")
+_OUR_FILES = re.compile(r"(checkpoint\.pt|model\.safetensors|loss\.csv|loss\.png|config\.yaml|step_\d+\.pt)")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted `atomic_write` left in a run folder."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TEMP_RE.fullmatch(p.name)
+            if m and _OUR_FILES.fullmatch(m.group(1)) and p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def pyramid_tensors(pyramid: Pyramid) -> dict[str, torch.Tensor]:
@@ -126,7 +216,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     try:
         meta = json.loads(meta_raw)
         if meta.get("format") != FORMAT:
-            raise UserError(f"model '{p}': format {meta.get('format')!r} is not supported (expected {FORMAT!r})")
+            raise UserError(f"model '{p}': format {meta.get('format')!r} is not supported (expected {FORMAT!r}); "
+                            "use the sinddm version that wrote it")
         facts = meta["pyramid"]
         n = facts["n_scales"]
         levels = [tensors[f"pyramid.level.{i}"].numpy() for i in range(n)]
@@ -160,7 +251,11 @@ def pyramid_from_state(state: dict[str, Any]) -> Pyramid:
 
 
 def _load_from_train_state(p: Path, device) -> LoadedModel:
-    state = load_train_state(p)
+    try:
+        state = load_train_state(p)
+    except CheckpointDamaged as e:
+        raise CheckpointDamaged(f"{e}; sample from the run's {MODEL_FILE} (or an intact file in "
+                                f"{CHECKPOINT_DIR}/) instead") from None
     try:
         config = config_from_dict(state["config"], source=f"checkpoint '{p}'")
         pyramid = pyramid_from_state(state["pyramid"])
@@ -178,11 +273,166 @@ def ema_weights(averaged_model_state: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[len("module."):]: v for k, v in averaged_model_state.items() if k.startswith("module.")}
 
 
+# -- training checkpoints ---------------------------------------------------------------------
+
+class CheckpointDamaged(UserError):
+    """A training checkpoint that cannot be used: truncated, changed on disk, or incomplete."""
+
+
+class CheckpointIncompatible(UserError):
+    """A training checkpoint of another format version: not damaged, so no fallback."""
+
+
+# What --resume needs, and the type each entry must have.
+_REQUIRED = {"step": int, "seed": int, "source": str, "config": dict, "pyramid": dict, "model": dict,
+             "ema": dict, "optimizer": dict, "lr_scheduler": dict, "rng": dict, "loss_history": list}
+
+
+def state_checksum(state: dict[str, Any]) -> str:
+    """sha256 over every value of a checkpoint (tensors by dtype, shape and bytes), in order.
+
+    torch.load does not verify its zip's CRCs, so without this a bit changed inside a
+    tensor would load silently. The "checksum" entry itself is left out.
+    """
+    h = hashlib.sha256()
+
+    def feed(x) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k, v in x.items():
+                if k == "checksum" and x is state:
+                    continue
+                feed(k)
+                feed(v)
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed(state)
+    return "sha256:" + h.hexdigest()
+
+
+def train_state_bytes(state: dict[str, Any]) -> bytes:
+    """`state` with its checksum, serialised by torch.save."""
+    state = dict(state)
+    state.pop("checksum", None)
+    state["checksum"] = state_checksum(state)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
 def load_train_state(p: Path) -> dict[str, Any]:
+    """Read and check a training checkpoint.
+
+    Raises CheckpointDamaged (unreadable, truncated, checksum mismatch, entries missing)
+    or CheckpointIncompatible (another format version); both are UserErrors.
+    """
+    p = Path(p)
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointDamaged(f"checkpoint '{p}': no such file") from None
     except Exception as e:
-        raise UserError(f"checkpoint '{p}': cannot be read ({type(e).__name__}); it may be truncated") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"checkpoint '{p}': not a sinddm training checkpoint of format {FORMAT!r}")
+        raise CheckpointDamaged(f"checkpoint '{p}': cannot be read ({type(e).__name__}); it is truncated or "
+                                "corrupt") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointDamaged(f"checkpoint '{p}': not a sinddm training checkpoint (no format tag)")
+    if state["format"] != FORMAT:
+        raise CheckpointIncompatible(
+            f"checkpoint '{p}': format {state['format']!r} is not supported by this version of sinddm "
+            f"(it reads {FORMAT!r}); use the sinddm version that wrote it, or start a new run")
+    saved_sum = state.get("checksum")
+    if saved_sum is not None and saved_sum != state_checksum(state):
+        raise CheckpointDamaged(f"checkpoint '{p}': checksum mismatch; the file was changed or damaged on disk")
+    missing = [k for k, t in _REQUIRED.items() if not isinstance(state.get(k), t)]
+    if missing:
+        raise CheckpointDamaged(f"checkpoint '{p}': incomplete training checkpoint (missing or invalid: "
+                                f"{', '.join(missing)})")
     return state
+
+
+def history_paths(run_dir: Path) -> list[tuple[int, Path]]:
+    """`checkpoints/step_XXXXXXX.pt` files as (step, path), newest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = HISTORY_RE.fullmatch(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def history_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:07d}.pt"
+
+
+def save_train_state(run_dir: Path, state: dict[str, Any], keep: int) -> None:
+    """Write `checkpoints/step_XXXXXXX.pt` (when keep > 0), then `checkpoint.pt`, then prune the
+    history to the newest `keep` files. Two independent copies (not hard links), so damage to
+    one leaves the other; history files newer than `state` (left by an abandoned, resumed-over
+    attempt) are removed too."""
+    run_dir = Path(run_dir)
+    data = train_state_bytes(state)
+    step = int(state["step"])
+    if keep > 0:
+        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+        atomic_write_bytes(history_path(run_dir, step), data)
+    atomic_write_bytes(run_dir / TRAIN_STATE_FILE, data)
+    kept = 0
+    for s, p in history_paths(run_dir):
+        if s > step or kept >= keep:
+            p.unlink()
+        else:
+            kept += 1
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """Where --resume looks, in order: checkpoint.pt, then the history, newest first."""
+    return [Path(run_dir) / TRAIN_STATE_FILE] + [p for _, p in history_paths(run_dir)]
+
+
+def load_latest_train_state(run_dir: Path) -> tuple[dict[str, Any], Path, str | None]:
+    """The newest intact training checkpoint of a run: (state, path, note).
+
+    `note` is None when checkpoint.pt itself was used; otherwise one line saying which file
+    was used and why. A checkpoint of another format version stops the search (it is not
+    damage: falling back would silently throw away the newer run's progress).
+    """
+    run_dir = Path(run_dir)
+    problems = []
+    for p in resume_candidates(run_dir):
+        try:
+            state = load_train_state(p)
+        except CheckpointDamaged as e:
+            problems.append((p, str(e)))
+            continue
+        if not problems:
+            return state, p, None
+        first, why = problems[0]
+        why = why.split(": ", 1)[-1]
+        skipped = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        note = (f"{first.relative_to(run_dir)}: {why}{skipped}; resuming from "
+                f"{p.relative_to(run_dir)} (step {int(state['step'])}) instead")
+        return state, p, note
+    if len(problems) == 1 and not Path(problems[0][0]).exists():
+        if not any((run_dir / f).exists() for f in (MODEL_FILE, "config.yaml")):
+            raise CheckpointDamaged(f"--resume: '{run_dir}' is not a sinddm run folder (no {TRAIN_STATE_FILE}); "
+                                    "give the run's folder as --out, or start a new run without --resume")
+        raise CheckpointDamaged(f"--resume: no {TRAIN_STATE_FILE} in '{run_dir}' (stopped before its first "
+                                "checkpoint: nothing to resume); start it again with --overwrite")
+    details = "; ".join(f"{p.relative_to(run_dir)}: {w.split(': ', 1)[-1]}" for p, w in problems)
+    raise CheckpointDamaged(f"--resume: no intact training checkpoint in '{run_dir}' ({details}); start again "
+                            "with --overwrite")

@@ -238,6 +238,7 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
 
 
 def cmd_train(args) -> int:
+    from .checkpoint import atomic_write_bytes
     from .config import load_config
     from .image_io import load_rgb
     from .plots import pyramid_preview
@@ -254,6 +255,8 @@ def cmd_train(args) -> int:
         max_pixels = trainer.config.image.max_pixels
         if build_pyramid(image, max_pixels).sizes_hw != trainer.pyramid.sizes_hw:
             raise UserError(f"--resume: image '{args.image}' is not the image the run in '{out}' was trained on")
+        if trainer.resume_note:
+            print(f"resume: {trainer.resume_note}", file=sys.stderr)
     else:
         from .config import Config
         config = config or Config()
@@ -262,14 +265,14 @@ def cmd_train(args) -> int:
         if args.steps:
             config.train.steps = args.steps
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml())
+        atomic_write_bytes(out / "config.yaml", config.to_yaml().encode())
         pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
         trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image),
                           precision=args.precision)
     steps = args.steps or trainer.config.train.steps
     if args.steps:
         trainer.config.train.steps = steps
-        (out / "config.yaml").write_text(trainer.config.to_yaml())
+        atomic_write_bytes(out / "config.yaml", trainer.config.to_yaml().encode())
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
     print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
           f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, precision {trainer.precision}, "
@@ -279,7 +282,8 @@ def cmd_train(args) -> int:
     n = trainer.config.train.grid_samples
     if n:
         _write_training_grid(out, n, device, args.seed, args.quiet, args.precision)
-    print(f"done: {out / 'model.safetensors'} (sample with: sinddm sample {out})", file=sys.stderr)
+    skipped = f"; {trainer.skipped_steps} steps with a NaN/inf loss were skipped" if trainer.skipped_steps else ""
+    print(f"done: {out / 'model.safetensors'} (sample with: sinddm sample {out}){skipped}", file=sys.stderr)
     return 0
 
 

@@ -35,6 +35,8 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     log_every: int = 100         # loss is read back (a host sync on GPU) this often
     grid_samples: int = 4        # samples drawn for the grid at the end of training
+    keep_checkpoints: int = 2    # training checkpoints kept in checkpoints/ (0: only checkpoint.pt)
+    max_nonfinite_steps: int = 20  # stop after this many NaN/inf losses in a row (those steps are skipped)
 
 
 @dataclass
@@ -66,7 +68,8 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise UserError(f"{where}: expected {type(default).__name__}, got {value!r}")
+        expected = "list of whole numbers" if isinstance(default, list) else type(default).__name__
+        raise UserError(f"{where}: expected {expected}, got {value!r}")
     return value
 
 
@@ -111,6 +114,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1")
     need(t.log_every >= 1, "train.log_every must be >= 1")
     need(t.grid_samples >= 0, "train.grid_samples must be >= 0")
+    need(t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0")
+    need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1")
     need(list(t.lr_milestones) == sorted(t.lr_milestones), "train.lr_milestones must be increasing")
 
 

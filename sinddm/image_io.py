@@ -13,12 +13,32 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
-# Refuse to decode anything larger: a decompression bomb would exhaust memory.
+# Refuse to decode anything larger: a decompression bomb would exhaust memory. The size
+# comes from the file's header, checked before any pixel data is decoded.
 MAX_DECODE_PIXELS = 64_000_000
 
 
+class _TooLarge(Exception):
+    pass
+
+
+def _looks_like_svg(path: Path) -> bool:
+    if path.suffix.lower() in (".svg", ".svgz"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    except OSError:
+        return False
+    return head.startswith((b"<?xml", b"<svg", b"<!doctype svg")) and b"<svg" in head
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open `path`, apply EXIF orientation and convert any mode to 8-bit RGB."""
+    """Open `path`, apply EXIF orientation and convert any mode to 8-bit RGB.
+
+    Animations give their first frame; pictures of more than MAX_DECODE_PIXELS pixels
+    are refused from their header, before decoding.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"image '{path}': no such file; give the path of a PNG or JPEG picture")
@@ -28,18 +48,24 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"image '{path}': the file is empty; give a valid picture file")
     try:
         with warnings.catch_warnings():
+            # Pillow's own guard (Image.MAX_IMAGE_PIXELS) warns, then errors, from the header.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
             with Image.open(path) as img:
+                if img.width * img.height > MAX_DECODE_PIXELS:
+                    raise _TooLarge(f"{img.width}x{img.height}")
                 img.seek(0)  # first frame of animations
                 img = ImageOps.exif_transpose(img)
                 img.load()
                 rgb = _to_rgb8(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (_TooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        size = f" ({e} px)" if isinstance(e, _TooLarge) else ""
         raise UserError(
-            f"image '{path}': more than {MAX_DECODE_PIXELS:,} pixels; downscale it before training"
+            f"image '{path}': more than {MAX_DECODE_PIXELS:,} pixels{size}; downscale it before training"
         ) from None
     except UnidentifiedImageError:
+        if _looks_like_svg(path):
+            raise UserError(f"image '{path}': SVG vector graphics cannot be read; export it as a PNG "
+                            "(rasterise it) first") from None
         raise UserError(f"image '{path}': not a picture Pillow can read; give a PNG or JPEG file") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"image '{path}': cannot be decoded ({e}); the file may be truncated or corrupt") from None

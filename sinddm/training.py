@@ -1,7 +1,29 @@
-"""The training loop (DESIGN §4): one random scale per step, L1 loss on the noise."""
+"""The training loop (DESIGN §4): one random scale per step, L1 loss on the noise.
+
+Reliability (see also `sinddm.checkpoint`):
+- Exact resume: a checkpoint holds every RNG state, the optimizer, scheduler and EMA,
+  the loss log's open window (the steps since the last loss.csv row) and the numeric
+  guard's counters, so a run resumed from any checkpoint, killed or not, continues bit
+  for bit (fp32 on the CPU) as the uninterrupted run, loss.csv included. A run that ends
+  off the log grid writes a provisional last row; resuming replaces it.
+- Numeric guard: a step whose loss (or any gradient) is NaN or infinite changes no
+  weights. The check itself never syncs with a GPU: the flag is a device tensor.
+  * CPU: the flag is read on the host (free there) and optimizer.step() is skipped;
+    finite steps run exactly the code they always did (bit-identical fp32 path).
+  * CUDA with fused Adam (the fast path): the flag is Adam's `found_inf`, so the fused
+    kernel skips the update and the step count (as under a GradScaler): an exact skip.
+  * CUDA without fused Adam (fp32 on a GPU): the gradients are zeroed where the flag
+    is set; Adam still applies its (finite) momentum for that step.
+  The LR schedule, the EMA cadence and the step counter advance over a skipped step.
+  Counters (in a row, in all) live on the device and are read where the loss is
+  (every log_every steps, every save; every skipped step on the CPU): after
+  train.max_nonfinite_steps in a row training stops with NonFiniteLoss, saving nothing.
+  Saves also refuse non-finite weights, so a checkpoint never holds NaN or inf.
+"""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -10,8 +32,9 @@ from torch.optim.lr_scheduler import MultiStepLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import (FORMAT, MODEL_FILE, TRAIN_STATE_FILE, atomic_write, ema_weights, load_train_state,
-                         pyramid_from_state, pyramid_to_state, save_model)
+from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
+                         load_latest_train_state, pyramid_from_state, pyramid_to_state, remove_stale_temporaries,
+                         save_model, save_train_state)
 from .config import Config, config_from_dict
 from .errors import UserError
 from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
@@ -56,6 +79,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: unknown device; use auto, cpu or cuda") from None
+
+
+class NonFiniteLoss(UserError):
+    """Training stopped: the loss was NaN/inf for train.max_nonfinite_steps steps in a row."""
 
 
 class Trainer:
@@ -109,6 +136,23 @@ class Trainer:
             inner = compile_module(self.model) if self.fast.compile else self.model
             self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
         self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
+        # Numeric guard (module docstring): how a step with a non-finite loss is skipped.
+        self._guard_mode = "host" if device.type == "cpu" else ("found_inf" if self._fused else "zero_grad")
+        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
+        self._one = torch.ones((), device=device)
+        self._amp_check = True               # torch's fused gradient check works on this device
+        self._bad_run = zeros(torch.long)    # skipped steps in a row, ending at the current step
+        self._bad_max = zeros(torch.long)    # the longest such run since the last check
+        self._bad_total = zeros(torch.long)  # skipped steps in all
+        self._last_ok: torch.Tensor | None = None  # whether the last step was applied (bool tensor)
+        self.skipped_steps = 0               # host copy of _bad_total as of the last check
+        # The loss log's open window (steps since the last loss.csv row), checkpointed.
+        self._win_sum = zeros(torch.float32)  # sum of the applied steps' losses
+        self._win_ok = zeros(torch.long)      # applied steps
+        self._win_steps = 0                   # all steps
+        self._provisional_row = False         # loss_history[-1] is an off-grid end-of-run row
+        self._saved_step: int | None = None
+        self.resume_note: str | None = None   # set by resume() when it fell back to an older checkpoint
 
     # -- one step -------------------------------------------------------------------------
     def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -152,13 +196,86 @@ class Trainer:
             # Same draws from the same generators as above, into the graphs' static buffers.
             s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen)) if scale is None else scale
             loss = self._static_step().run(s, self.noise_gen)
-        self.optimizer.step()
+        applied = self._guarded_optimizer_step(loss)
         self.lr_scheduler.step()
         self.step += 1
         tc = self.config.train
         if self.step % tc.ema_every == 0:
             self._update_ema(force_copy=self.step <= tc.ema_start)
+        if applied is False:  # CPU: a skipped step is known at once
+            self._check_nonfinite()
         return loss.detach()
+
+    def _guarded_optimizer_step(self, loss: torch.Tensor) -> bool | None:
+        """optimizer.step() unless the loss or a gradient is NaN/inf (module docstring).
+
+        Returns whether the step was applied where that is known without a device sync
+        (the CPU), else None.
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        found_inf = self._nonfinite_flag(loss, grads)
+        skip = found_inf > 0
+        self._last_ok = ~skip
+        self._bad_run.add_(1).mul_(skip)
+        torch.maximum(self._bad_max, self._bad_run, out=self._bad_max)
+        self._bad_total.add_(skip)
+        if self._guard_mode == "host":
+            if bool(skip):
+                return False
+            self.optimizer.step()
+            return True
+        if self._guard_mode == "found_inf":  # fused Adam skips the update and the step count
+            self.optimizer.found_inf = found_inf
+        else:
+            for g in grads:
+                g.masked_fill_(skip, 0.0)
+        self.optimizer.step()
+        return None
+
+    def _nonfinite_flag(self, loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+        """1.0 (float32, on the device) if the loss or any gradient is NaN/inf, else 0.0."""
+        found_inf = (~torch.isfinite(loss.detach())).float()
+        if self._amp_check:
+            try:
+                # GradScaler's multi-tensor check: sets found_inf to 1 if any gradient is not
+                # finite; it multiplies the gradients by one, which leaves every bit as it was.
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
+                return found_inf
+            except (RuntimeError, NotImplementedError, AttributeError):  # no kernel for this device
+                self._amp_check = False
+        if grads:
+            bad = torch.stack([~torch.isfinite(g).all() for g in grads]).any()
+            found_inf = torch.maximum(found_inf, bad.float())
+        return found_inf
+
+    def _read_counters(self) -> tuple[float, int, int, int]:
+        """(window loss sum, applied steps in the window, longest skipped run, skipped in all):
+        one host read-back."""
+        vals = torch.stack([self._win_sum, self._win_ok.float(), self._bad_max.float(),
+                            self._bad_total.float()]).tolist()
+        return vals[0], int(vals[1]), int(vals[2]), int(vals[3])
+
+    def _check_nonfinite(self, counters: tuple[float, int, int, int] | None = None) -> None:
+        """Stop (NonFiniteLoss) after train.max_nonfinite_steps skipped steps in a row."""
+        _, _, worst, total = counters or self._read_counters()
+        self.skipped_steps = total
+        limit = self.config.train.max_nonfinite_steps
+        if worst >= limit:
+            kept = (f"the last checkpoint (step {self._saved_step}) is intact" if self._saved_step is not None
+                    else "nothing was saved")
+            raise NonFiniteLoss(
+                f"training stopped at step {self.step}: the loss was NaN or infinite for {worst} steps in a row "
+                f"(train.max_nonfinite_steps = {limit}; {total} skipped in all; the weights stayed finite); "
+                f"{kept}; lower train.lr and train again with --overwrite")
+        self._bad_max.copy_(self._bad_run)
+
+    def _check_weights_finite(self) -> None:
+        tensors = [*self.model.parameters(), *self.ema.module.parameters()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            kept = f"step {self._saved_step}" if self._saved_step is not None else "none"
+            raise NonFiniteLoss(f"training stopped at step {self.step}: the weights are no longer finite; not "
+                                f"saving over the last checkpoint ({kept}); lower train.lr and train again "
+                                "with --overwrite")
 
     def _update_ema(self, force_copy: bool) -> None:
         """AveragedModel.update_parameters' arithmetic without its per-update host syncs.
@@ -183,28 +300,45 @@ class Trainer:
         tc = self.config.train
         total = tc.steps if total_steps is None else total_steps
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)  # left by a save that was interrupted
+        if self._provisional_row:  # the last run ended off the log grid: its window is still open
+            self.loss_history.pop()
+            self._provisional_row = False
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not progress,
                    dynamic_ncols=True)
-        window = torch.zeros((), device=self.device)
-        n_window, t_window = 0, time.perf_counter()
-        while self.step < total:
-            window += self.train_step()
-            n_window += 1
-            bar.update(1)
-            if self.step % tc.log_every == 0 or self.step == total:
-                mean = float(window) / n_window  # the only host sync: every log_every steps
-                if mean != mean or mean in (float("inf"), float("-inf")):
-                    raise UserError(f"training diverged at step {self.step} (loss {mean}); lower train.lr")
-                rate = n_window / max(time.perf_counter() - t_window, 1e-9)
-                self.loss_history.append((self.step, mean))
-                bar.set_postfix(loss=f"{mean:.4f}", steps_s=f"{rate:.1f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
-                window.zero_()
-                n_window, t_window = 0, time.perf_counter()
-            if self.step % tc.checkpoint_every == 0 and self.step < total:
-                self.save()
-        bar.close()
+        self._rate = (0, time.perf_counter())
+        try:
+            while self.step < total:
+                loss = self.train_step()
+                self._win_sum += torch.where(self._last_ok, loss, 0.0)
+                self._win_ok += self._last_ok
+                self._win_steps += 1
+                bar.update(1)
+                if self.step % tc.log_every == 0:
+                    self._log_row(bar)  # the only host sync: every log_every steps
+                if self.step % tc.checkpoint_every == 0 and self.step < total:
+                    self.save()
+            if self._win_steps:  # ended off the log grid: a provisional row, the window stays open
+                self._log_row(bar, close_window=False)
+                self._provisional_row = True
+        finally:
+            bar.close()
         self.save()
+
+    def _log_row(self, bar, close_window: bool = True) -> None:
+        counters = self._read_counters()
+        self._check_nonfinite(counters)
+        total, n_ok = counters[0], counters[1]
+        mean = total / n_ok if n_ok else float("nan")  # mean over the applied steps
+        self.loss_history.append((self.step, mean))
+        n, t0 = self._rate
+        rate = (self._win_steps - n) / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{mean:.4f}", steps_s=f"{rate:.1f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+        if close_window:
+            self._win_sum.zero_()
+            self._win_ok.zero_()
+            self._win_steps = 0
+        self._rate = (self._win_steps, time.perf_counter())
 
     # -- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -215,34 +349,51 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
             "rng": {"scale": self.scale_gen.get_state(), "noise": self.noise_gen.get_state()},
             "loss_history": [list(p) for p in self.loss_history],
+            "loss_window": {"sum": float(self._win_sum), "applied": int(self._win_ok), "steps": self._win_steps,
+                            "provisional_row": self._provisional_row},
+            "nonfinite": {"run": int(self._bad_run), "total": int(self._bad_total)},
         }
 
     def save(self) -> None:
-        """Training state (for --resume), inference model, loss log and curve."""
+        """Training state (for --resume, with history), inference model, loss log and curve.
+
+        Every file is written atomically; nothing is written if the guard has to stop
+        training or the weights are not finite."""
         from .plots import loss_curve
 
+        self._check_nonfinite()
+        self._check_weights_finite()
         state = self.state_dict()
-        atomic_write(self.out_dir / TRAIN_STATE_FILE, lambda tmp: torch.save(state, tmp))
+        save_train_state(self.out_dir, state, self.config.train.keep_checkpoints)
         save_model(self.out_dir / MODEL_FILE, ema_weights(state["ema"]), self.pyramid, self.config,
                    self.step, self.source)
         lines = ["step,loss"] + [f"{s},{l:.6f}" for s, l in self.loss_history]
-        (self.out_dir / "loss.csv").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(self.out_dir / "loss.csv", ("\n".join(lines) + "\n").encode())
         if self.loss_history:
             steps, losses = zip(*self.loss_history)
-            loss_curve(list(steps), list(losses), self.out_dir / "loss.png")
+            buf = io.BytesIO()
+            buf.name = "loss.png"  # Pillow picks the format from the name
+            loss_curve(list(steps), list(losses), buf)
+            atomic_write_bytes(self.out_dir / "loss.png", buf.getvalue())
+        self._saved_step = self.step
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device, config: Config | None = None,
                precision: str = "fp32", **fast_kwargs) -> "Trainer":
-        """Rebuild a trainer from `run_dir/checkpoint.pt`, every RNG included.
+        """Rebuild a trainer from the run's newest intact training checkpoint, every RNG included.
+
+        That is `run_dir/checkpoint.pt`, or when it is missing or damaged the newest intact
+        `checkpoints/step_XXXXXXX.pt` (then `resume_note` says which and why). Nothing in
+        the folder changes until `train()` (which first removes the temporary files an
+        interrupted save left behind).
 
         `config` may change only `train.steps` (and other train-loop lengths); anything
         that changes the model or the data must match the checkpoint.
         """
-        path = Path(run_dir) / TRAIN_STATE_FILE
-        if not path.is_file():
-            raise UserError(f"--resume: no {TRAIN_STATE_FILE} in '{run_dir}'; start without --resume")
-        state = load_train_state(path)
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"--resume: no run folder '{run_dir}'; start without --resume")
+        state, path, note = load_latest_train_state(run_dir)
         saved = config_from_dict(state["config"], source=f"checkpoint '{path}'")
         if config is not None:
             if config.model != saved.model or config.image != saved.image:
@@ -260,4 +411,18 @@ class Trainer:
         trainer.noise_gen.set_state(state["rng"]["noise"].to("cpu"))
         trainer.step = int(state["step"])
         trainer.loss_history = [(int(s), float(l)) for s, l in state["loss_history"]]
+        window = state.get("loss_window")  # absent in checkpoints of earlier versions
+        if window:
+            trainer._win_sum.fill_(float(window["sum"]))
+            trainer._win_ok.fill_(int(window["applied"]))
+            trainer._win_steps = int(window["steps"])
+            trainer._provisional_row = bool(window["provisional_row"])
+        nonfinite = state.get("nonfinite")
+        if nonfinite:
+            trainer._bad_run.fill_(int(nonfinite["run"]))
+            trainer._bad_max.fill_(int(nonfinite["run"]))
+            trainer._bad_total.fill_(int(nonfinite["total"]))
+            trainer.skipped_steps = int(nonfinite["total"])
+        trainer._saved_step = trainer.step
+        trainer.resume_note = note
         return trainer

@@ -299,9 +299,10 @@ def test_sample_overwrite_writes_into_the_folder(smoke_run, tmp_path):
 def test_sample_overwrite_into_the_run_folder_keeps_the_model(smoke_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    files = lambda: {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
     assert sample(run, run, "--num", 1, "--overwrite") == 0
-    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    after = files()
     assert set(after) == set(before) | {"sample_000.png", "grid.png"}
     assert all(after[k] == v for k, v in before.items())
     load_model(run)
