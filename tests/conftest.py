@@ -9,6 +9,15 @@ ASSETS = Path(__file__).parent.parent / "assets"
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The suite's tensors are tiny: one intra-op thread is as fast, and immune to busy cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def golden_json():
     return json.loads((GOLDEN / "reference.json").read_text())

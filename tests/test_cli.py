@@ -53,14 +53,6 @@ def sample(model, out, *extra, fast=True) -> int:
 # fixtures
 # ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: one intra-op thread is as fast, and immune to busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):

@@ -48,13 +48,6 @@ def save_png(a: np.ndarray, path) -> None:
 # fixtures
 # ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

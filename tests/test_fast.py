@@ -27,15 +27,6 @@ CPU = torch.device("cpu")
 EAGER_FP32 = FastOptions(autocast=False, channels_last=False, graphs=False, compile=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions: one thread is faster, and immune to a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pyramid():
     img = Image.open(ASSETS / "rocket.jpg").convert("RGB")

@@ -32,13 +32,6 @@ def cli(*args) -> int:
 # fixtures
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def no_network():

@@ -24,14 +24,6 @@ SMALL = GOLDEN / "small_120x90.png"
 ROCKET = ASSETS / "rocket.jpg"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
     """A sampleable 3-scale run with an untrained width-4 network (no training needed)."""

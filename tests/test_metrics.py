@@ -61,14 +61,6 @@ def noise_like(a: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, a.shape, dtype=np.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def empty_hub(tmp_path, monkeypatch):
     """torch.hub.get_dir() → an empty folder: no weights are found unless a test puts them there."""

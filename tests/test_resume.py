@@ -40,14 +40,6 @@ KILL_CONFIG = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cli(*args) -> int:
     return main([str(a) for a in args])
 

@@ -45,14 +45,6 @@ CPU = torch.device("cpu")
 QUICK = ["--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cli(*args) -> int:
     return main([str(a) for a in args])
 
@@ -358,7 +350,7 @@ def test_a_nan_step_is_skipped_exactly_on_the_cpu(pyramid, tmp_path):
     assert tr._guard_mode == "host"
     poison(tr, {3, 5, 10})
     for step in range(1, 7):
-        w, st, lr = weights(tr), adam_state(tr), tr.optimizer.param_groups[0]["lr"]
+        w, st = weights(tr), adam_state(tr)
         loss = tr.train_step()
         if step in (3, 5):
             assert not torch.isfinite(loss)
