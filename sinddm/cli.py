@@ -23,26 +23,38 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-def _positive_int(name: str):
+def int_arg(name: str, lo: int, hi: int | None = None, hi_text: str | None = None):
+    """argparse type: a whole number in [lo, hi] (hi_text names the upper bound in messages)."""
     def parse(v: str) -> int:
         try:
             i = int(v)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {v!r}") from None
-        if i < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {i}")
+        if i < lo or (hi is not None and i > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi_text or hi}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {i}")
         return i
     return parse
 
 
-def _seed(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {v!r}") from None
-    if not 0 <= i < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"seed must be in [0, 2^63), got {i}")
-    return i
+def _positive_int(name: str):
+    return int_arg(name, 1)
+
+
+_seed = int_arg("seed", 0, 2 ** 63 - 1, hi_text="2^63-1")
+
+
+def unit_float(name: str):
+    """argparse type: a number in [0, 1]."""
+    def parse(v: str) -> float:
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1], got {v!r}") from None
+        if not 0.0 <= f <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {v!r}")
+        return f
+    return parse
 
 
 def _size(v: str) -> tuple[int, int]:

@@ -18,13 +18,9 @@ from . import box_arg
 
 
 def _start_t(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--start-t must be a whole number, got {v!r}") from None
-    if not 1 <= i <= 99:
-        raise argparse.ArgumentTypeError(f"--start-t must be in 1..99, got {i}")
-    return i
+    from ..cli import int_arg
+
+    return int_arg("--start-t", 1, 99)(v)
 
 
 def _read_picture(path: str, flag: str):

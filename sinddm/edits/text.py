@@ -23,25 +23,15 @@ _DEFAULT_BATCH_CAP = 16   # 16 samples × 16 views = 256 CLIP images per guided 
 
 
 def _unit_float(flag: str):
-    def parse(v: str) -> float:
-        try:
-            f = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number in [0, 1], got {v!r}") from None
-        if not 0.0 <= f <= 1.0:
-            raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1], got {v!r}")
-        return f
-    return parse
+    from ..cli import unit_float
+
+    return unit_float(flag)
 
 
 def _iterations(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--iterations must be a whole number, got {v!r}") from None
-    if i < 0:
-        raise argparse.ArgumentTypeError(f"--iterations must be >= 0, got {i}")
-    return i
+    from ..cli import int_arg
+
+    return int_arg("--iterations", 0)(v)
 
 
 def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
