@@ -319,6 +319,32 @@ def _progress_bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
 
 
+def _denoise_finest(loaded, picture: torch.Tensor, mask: torch.Tensor | None, num: int, seed: int,
+                    t_start: int, batch_size: int | None, device, progress: bool, ancestral: bool,
+                    desc: str) -> list[torch.Tensor]:
+    """`num` denoisings of `picture` at the finest scale from t_start with γ = 0; with a mask,
+    m · result + (1 - m) · picture."""
+    device = torch.device(device)
+    model = loaded.model.to(device).eval()
+    schedule = loaded.schedule.to(device)
+    c = picture.to(device).float()[None]
+    m = None if mask is None else mask.to(device).float()
+    if m is not None and tuple(m.shape[-2:]) != tuple(c.shape[-2:]):
+        raise ValueError(f"mask {tuple(m.shape[-2:])} and composite {tuple(c.shape[-2:])} differ in size")
+    bs = batch_size or auto_batch_size([tuple(c.shape[-2:])], model.dim, device)
+    finest = loaded.pyramid.n_scales - 1
+
+    with _progress_bar(math.ceil(num / bs) * t_start, desc, progress) as bar:
+        def one(n, gen):
+            x = c.expand(n, -1, -1, -1)
+            noise = torch.randn(x.shape, generator=gen, device=device)
+            result = denoise_at_finest(model, schedule, x, finest, t_start, noise, progress=bar,
+                                       ancestral=ancestral, generator=gen)
+            return result if m is None else m * result + (1 - m) * x
+
+        return _batches(num, bs, seed, device, one)
+
+
 @torch.no_grad()
 def harmonize(loaded, composite: torch.Tensor, soft_mask: torch.Tensor, num: int = 1, seed: int = 0,
               t_start: int = HARMONIZE_START_T, batch_size: int | None = None,
@@ -328,25 +354,8 @@ def harmonize(loaded, composite: torch.Tensor, soft_mask: torch.Tensor, num: int
     soft mask (1×1×H×W in [0, 1], from `harmonization_mask`): denoise at the finest scale from
     t_start with γ = 0 (see `denoise_at_finest`), then keep the composite where the mask is 0:
     out = m · result + (1 - m) · composite (exactly the composite outside the mask)."""
-    device = torch.device(device)
-    model = loaded.model.to(device).eval()
-    schedule = loaded.schedule.to(device)
-    c = composite.to(device).float()[None]
-    m = soft_mask.to(device).float()
-    if tuple(m.shape[-2:]) != tuple(c.shape[-2:]):
-        raise ValueError(f"mask {tuple(m.shape[-2:])} and composite {tuple(c.shape[-2:])} differ in size")
-    bs = batch_size or auto_batch_size([tuple(c.shape[-2:])], model.dim, device)
-    finest = loaded.pyramid.n_scales - 1
-
-    with _progress_bar(math.ceil(num / bs) * t_start, "harmonize", progress) as bar:
-        def one(n, gen):
-            x = c.expand(n, -1, -1, -1)
-            noise = torch.randn(x.shape, generator=gen, device=device)
-            result = denoise_at_finest(model, schedule, x, finest, t_start, noise, progress=bar,
-                                       ancestral=ancestral, generator=gen)
-            return m * result + (1 - m) * x
-
-        return _batches(num, bs, seed, device, one)
+    return _denoise_finest(loaded, composite, soft_mask, num, seed, t_start, batch_size, device, progress,
+                           ancestral, "harmonize")
 
 
 @torch.no_grad()
@@ -356,21 +365,8 @@ def style_transfer(loaded, content: torch.Tensor, num: int = 1, seed: int = 0,
                    ancestral: bool = False) -> list[torch.Tensor]:
     """Denoise `content` (3×H×W in [-1, 1]; histogram-matched and resized beforehand, see
     `prepare_content`) at the finest scale from t_start with γ = 0, no mask."""
-    device = torch.device(device)
-    model = loaded.model.to(device).eval()
-    schedule = loaded.schedule.to(device)
-    c = content.to(device).float()[None]
-    bs = batch_size or auto_batch_size([tuple(c.shape[-2:])], model.dim, device)
-    finest = loaded.pyramid.n_scales - 1
-
-    with _progress_bar(math.ceil(num / bs) * t_start, "style-transfer", progress) as bar:
-        def one(n, gen):
-            x = c.expand(n, -1, -1, -1)
-            noise = torch.randn(x.shape, generator=gen, device=device)
-            return denoise_at_finest(model, schedule, x, finest, t_start, noise, progress=bar,
-                                     ancestral=ancestral, generator=gen)
-
-        return _batches(num, bs, seed, device, one)
+    return _denoise_finest(loaded, content, None, num, seed, t_start, batch_size, device, progress,
+                           ancestral, "style-transfer")
 
 
 def prepare_content(picture: Image.Image, pyramid: Pyramid, max_pixels: int) -> np.ndarray:
