@@ -49,6 +49,23 @@ part() {  # part NAME SECONDS CMD... : run with a timeout, report the outcome, n
     return $rc
 }
 
+# train_part NAME SECONDS "FILES" ARGS...: `sinddm train` (precision fast) into $RUN/NAME with its
+# log in $OUT/NAME/train.log; report the wall time and copy FILES back into $OUT/NAME.
+train_part() {
+    local name=$1 secs=$2 files=$3 s0; shift 3
+    mkdir -p "$OUT/$name"
+    s0=$(date +%s)
+    part "train $name ($*)" "$secs" \
+        bash -c 'log=$1; shift; exec "$@" > "$log" 2>&1' _ "$OUT/$name/train.log" \
+        $PY -m sinddm train assets/rocket.jpg "$@" --out "$RUN/$name" --overwrite --precision fast
+    echo "$name wall time $(( $(date +%s) - s0 )) s (start-up, graph capture and grid included)"
+    tr '\r' '\n' < "$OUT/$name/train.log" | grep -v '^\s*$' | tail -n 6
+    for f in $files; do
+        [ -f "$RUN/$name/$f" ] && cp "$RUN/$name/$f" "$OUT/$name/"
+    done
+    true
+}
+
 # -- 1. environment ----------------------------------------------------------------------------
 say "environment"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -56,22 +73,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} && echo "installed wheels from .whl/ into /tmp/site"
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-# tqdm is only a progress bar: if it is missing, a no-op stand-in under /tmp keeps the CLI working.
-if ! $PY -c "import tqdm" 2>/dev/null; then
-    mkdir -p /tmp/sinddm_shims/tqdm
-    cat > /tmp/sinddm_shims/tqdm/__init__.py <<'EOF'
-class tqdm:  # no-op stand-in written by scripts/gpu_check.sh
-    def __init__(self, *a, **k): pass
-    def update(self, n=1): pass
-    def set_postfix(self, *a, **k): pass
-    def close(self): pass
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
-EOF
-    echo "from . import tqdm" > /tmp/sinddm_shims/tqdm/auto.py
-    export PYTHONPATH=$PYTHONPATH:/tmp/sinddm_shims
-    echo "tqdm missing: using a no-op stand-in from /tmp/sinddm_shims"
-fi
 timeout -k 5 "$(limit 60)" $PY - <<'EOF' | tee "$OUT/env.txt"
 import importlib, sys
 print("python", sys.version.split()[0], sys.executable)
@@ -111,18 +112,8 @@ part "benchmarks/speed.py" $(( BENCH_BUDGET + 20 )) \
 
 # -- 4. fast-recipe training, a few steps ------------------------------------------------------------
 if (( CLI_OK )); then
-    mkdir -p "$OUT/fast_run"
-    S0=$(date +%s)
-    # (the progress bar goes to train.log; the last lines are shown below)
-    part "train configs/fast.yaml for $TRAIN_STEPS steps (precision fast)" "${TRAIN_BUDGET:-110}" \
-        bash -c 'log=$1; shift; exec "$@" > "$log" 2>&1' _ "$OUT/fast_run/train.log" \
-        $PY -m sinddm train assets/rocket.jpg --config configs/fast.yaml --steps "$TRAIN_STEPS" \
-        --out "$RUN/fast_run" --overwrite --precision fast
-    echo "train wall time $(( $(date +%s) - S0 )) s for $TRAIN_STEPS steps (start-up, graph capture and grid included)"
-    tr '\r' '\n' < "$OUT/fast_run/train.log" | grep -v '^\s*$' | tail -n 6
-    for f in samples_grid.png loss.png loss.csv pyramid.png config.yaml; do
-        [ -f "$RUN/fast_run/$f" ] && cp "$RUN/fast_run/$f" "$OUT/fast_run/"
-    done
+    train_part fast_run "${TRAIN_BUDGET:-110}" "model.safetensors samples_grid.png loss.png loss.csv pyramid.png config.yaml" \
+        --config configs/fast.yaml --steps "$TRAIN_STEPS"
     ls -l "$OUT/fast_run"
 
     # -- 5. fp32 vs fast samples from that model -------------------------------------------------
@@ -155,18 +146,8 @@ fi
 
 # -- 6. the small demo model (configs/small.yaml), kept for assets/models ------------------------
 if (( CLI_OK )); then
-    mkdir -p "$OUT/small_run"
-    S0=$(date +%s)
-    part "train configs/small.yaml (precision fast)" "${SMALL_BUDGET:-90}" \
-        bash -c 'log=$1; shift; exec "$@" > "$log" 2>&1' _ "$OUT/small_run/train.log" \
-        $PY -m sinddm train assets/rocket.jpg --config configs/small.yaml \
-        --out "$RUN/small_run" --overwrite --precision fast
-    echo "small model wall time $(( $(date +%s) - S0 )) s"
-    tr '\r' '\n' < "$OUT/small_run/train.log" | grep -v '^\s*$' | tail -n 4
-    for f in model.safetensors samples_grid.png loss.png loss.csv config.yaml; do
-        [ -f "$RUN/small_run/$f" ] && cp "$RUN/small_run/$f" "$OUT/small_run/"
-    done
-    [ -f "$RUN/fast_run/model.safetensors" ] && cp "$RUN/fast_run/model.safetensors" "$OUT/fast_run/"
+    train_part small_run "${SMALL_BUDGET:-90}" "model.safetensors samples_grid.png loss.png loss.csv config.yaml" \
+        --config configs/small.yaml
 fi
 
 say "done in $(( $(date +%s) - T0 )) s; results in $OUT:"
