@@ -290,9 +290,10 @@ class FastPyramidSampler:
 
     def __init__(self, model: nn.Module, schedule: Schedule, gammas: torch.Tensor,
                  sizes_hw: list[tuple[int, int]], start_t: list[int], device: torch.device,
-                 opts: FastOptions):
+                 opts: FastOptions, schedule0: Schedule | None = None):
         self.device = torch.device(device)
         self.schedule, self.gammas = schedule.to(self.device), gammas.to(self.device)
+        self.schedule0 = schedule0.to(self.device) if schedule0 is not None else None
         self.sizes_hw, self.start_t = [tuple(s) for s in sizes_hw], list(start_t)
         self.opts = opts
         self.net = inference_net(model, opts)
@@ -309,7 +310,7 @@ class FastPyramidSampler:
     def _run_scale(self, s: int, prev: torch.Tensor | None, noise: PyramidNoise,
                    t_limit: int | None = None) -> torch.Tensor:
         return sample_scale_from_noise(self.net, self.schedule, self.gammas, self.sizes_hw, self.start_t, s,
-                                       prev, noise, t_limit=t_limit)
+                                       prev, noise, t_limit=t_limit, schedule0=self.schedule0)
 
     def _capture(self, batch: int) -> _GraphSet:
         noise = PyramidNoise.zeros(batch, self.sizes_hw, self.start_t, self.device)
@@ -353,7 +354,8 @@ class FastPyramidSampler:
         gs = self._sets.get(batch) if self.use_graphs else None
         if gs is None:
             return sample_pyramid(self.net, self.schedule, self.gammas, self.sizes_hw, self.start_t, batch,
-                                  generator=generator, device=self.device, progress=progress)
+                                  generator=generator, device=self.device, progress=progress,
+                                  schedule0=self.schedule0)
         draw_pyramid_noise(batch, self.sizes_hw, self.start_t, generator, self.device, out=gs.noise)
         for s, g in enumerate(gs.graphs):
             g.replay()

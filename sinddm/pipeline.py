@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LoadedModel
 from .samplers import sample_pyramid
+from .schedule import Schedule
 
 # Rough float32 bytes per pixel per sample held at once by the denoiser's forward
 # pass under no_grad (a few feature maps of `dim` channels plus the image tensors).
@@ -35,12 +36,13 @@ def batch_seed(seed: int, index: int) -> int:
 def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
              seed: int = 0, batch_size: int | None = None, device: torch.device | str = "cpu",
              progress: bool = True, precision: str = "fp32", compile: bool | None = None,
-             cuda_graphs: bool | None = None) -> list[torch.Tensor]:
+             cuda_graphs: bool | None = None, scale0_steps: int | None = None) -> list[torch.Tensor]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid.
 
     precision 'fast' (CUDA only; elsewhere fp32): bf16 network, channels_last, one CUDA
     graph per scale loop (see `sinddm.fast`). The noise is the same for both precisions:
     batch b always draws from its own generator seeded with `batch_seed(seed, b)`.
+    `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     """
     from .training import resolve_precision
 
@@ -49,6 +51,10 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     model = loaded.model.to(device).eval()
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)
+    schedule0 = None
+    if scale0_steps is not None and scale0_steps < schedule.num_timesteps:
+        schedule0 = Schedule.cosine_respaced(scale0_steps, schedule.num_timesteps, device)
+        start_t = [schedule0.num_timesteps, *start_t[1:]]
     bs = batch_size or auto_batch_size(sizes_hw, model.dim, device)
     n_batches = math.ceil(num / bs)
     steps_per_batch = sum(start_t)
@@ -59,7 +65,8 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
 
         prepare_backends(device)
         fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device,
-                                  FastOptions.for_device(device, compile=compile, graphs=cuda_graphs))
+                                  FastOptions.for_device(device, compile=compile, graphs=cuda_graphs),
+                                  schedule0=schedule0)
     with tqdm(total=n_batches * steps_per_batch, desc="sample", unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         for b in range(n_batches):
@@ -69,6 +76,6 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
                 outs = fast.sample(n, gen, progress=bar)
             else:
                 outs = sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
-                                      device=device, progress=bar)
+                                      device=device, progress=bar, schedule0=schedule0)
             out.extend(outs[-1].cpu())
     return out

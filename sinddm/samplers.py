@@ -44,7 +44,7 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t: int, noise: torch.Tensor) 
 def ddpm_step(model, schedule: Schedule, x: torch.Tensor, t: int, scale: int, noise: torch.Tensor,
               x0_hook: X0Hook = None) -> torch.Tensor:
     """One ancestral step x_t → x_{t-1} through the posterior q(x_{t-1} | x_t, x̂0) (Ho et al. 2020, eq. 6-7)."""
-    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    tt = schedule.timesteps[t].to(x.device).repeat(x.shape[0])  # the network's t (a respaced schedule skips some)
     x0 = predict_x0(schedule, x, t, model(x, tt, scale).float()).clamp(-1, 1)
     if x0_hook is not None:
         x0 = x0_hook(x0, t)
@@ -107,14 +107,15 @@ def upsample(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
                    start_t: list[int], batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu", x0_hook: X0Hook = None,
-                   progress=None) -> list[torch.Tensor]:
+                   progress=None, schedule0: Schedule | None = None) -> list[torch.Tensor]:
     """Coarse-to-fine generation of `batch` images; returns every scale's output.
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
+    `schedule0` is scale 0's schedule if not `schedule`: a respaced one takes fewer steps.
     """
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
-    x = sample_ddpm(model, schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],
+    x = sample_ddpm(model, schedule0 or schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],
                     x0_hook=x0_hook, progress=progress)
     outputs.append(x)
     for s in range(1, len(sizes_hw)):
@@ -165,7 +166,8 @@ def draw_pyramid_noise(batch: int, sizes_hw: list[tuple[int, int]], start_t: lis
 @torch.no_grad()
 def sample_scale_from_noise(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
                             start_t: list[int], s: int, prev: torch.Tensor | None, noise: PyramidNoise,
-                            x0_hook: X0Hook = None, progress=None, t_limit: int | None = None) -> torch.Tensor:
+                            x0_hook: X0Hook = None, progress=None, t_limit: int | None = None,
+                            schedule0: Schedule | None = None) -> torch.Tensor:
     """Scale `s` of `sample_pyramid`, its noise taken from `noise` (`prev`: scale s-1's output).
 
     No RNG and no host sync: safe to capture in a CUDA graph. `t_limit` runs only the first
@@ -174,7 +176,7 @@ def sample_scale_from_noise(model, schedule: Schedule, gammas: torch.Tensor, siz
     t0 = start_t[s] if t_limit is None else min(t_limit, start_t[s])
     if s == 0:
         n = noise.steps.shape[0]
-        return sample_ddpm(model, schedule, noise.start, 0, lambda t: noise.steps[n - 1 - t], t_start=t0,
+        return sample_ddpm(model, schedule0 or schedule, noise.start, 0, lambda t: noise.steps[n - 1 - t], t_start=t0,
                            x0_hook=x0_hook, progress=progress)
     x_blurry = upsample(prev, sizes_hw[s])
     return sample_blended(model, schedule, x_blurry, s, t0, gammas[s - 1], noise.q[s - 1],
@@ -184,12 +186,12 @@ def sample_scale_from_noise(model, schedule: Schedule, gammas: torch.Tensor, siz
 @torch.no_grad()
 def sample_pyramid_from_noise(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
                               start_t: list[int], noise: PyramidNoise, x0_hook: X0Hook = None,
-                              progress=None) -> list[torch.Tensor]:
+                              progress=None, schedule0: Schedule | None = None) -> list[torch.Tensor]:
     """`sample_pyramid` with pre-drawn noise: identical outputs for noise from
     `draw_pyramid_noise(..., generator)` and the same generator state."""
     outputs, x = [], None
     for s in range(len(sizes_hw)):
         x = sample_scale_from_noise(model, schedule, gammas, sizes_hw, start_t, s, x, noise,
-                                    x0_hook=x0_hook, progress=progress)
+                                    x0_hook=x0_hook, progress=progress, schedule0=schedule0)
         outputs.append(x)
     return outputs

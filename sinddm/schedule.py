@@ -25,7 +25,8 @@ def cosine_alphas_cumprod(timesteps: int = T_STEPS, s: float = 0.008) -> np.ndar
 class Schedule:
     """Per-timestep float32 tables, each of length T, on one device.
 
-    Computed in float64 and stored as float32, as the reference does.
+    Computed in float64 and stored as float32, as the reference does. `timesteps[i]` is
+    the t the network is told at index i: i itself, except in a respaced schedule.
     """
 
     betas: torch.Tensor
@@ -38,6 +39,7 @@ class Schedule:
     posterior_mean_coef1: torch.Tensor
     posterior_mean_coef2: torch.Tensor
     posterior_log_variance_clipped: torch.Tensor
+    timesteps: torch.Tensor
 
     @property
     def num_timesteps(self) -> int:
@@ -45,7 +47,22 @@ class Schedule:
 
     @classmethod
     def cosine(cls, timesteps: int = T_STEPS, device: torch.device | str = "cpu") -> "Schedule":
-        ac = cosine_alphas_cumprod(timesteps)
+        return cls.from_alphas_cumprod(cosine_alphas_cumprod(timesteps), np.arange(timesteps), device)
+
+    @classmethod
+    def cosine_respaced(cls, steps: int, timesteps: int = T_STEPS,
+                        device: torch.device | str = "cpu") -> "Schedule":
+        """`steps` evenly spaced timesteps of the cosine schedule, from 0 to T-1, as a
+        schedule of their own (Nichol & Dhariwal 2021, Sec. 4: respacing keeps ᾱ at the kept t)."""
+        if not 2 <= steps <= timesteps:
+            raise ValueError(f"steps must be in 2..{timesteps}, got {steps}")
+        kept = np.unique(np.round(np.linspace(0, timesteps - 1, steps)).astype(np.int64))
+        return cls.from_alphas_cumprod(cosine_alphas_cumprod(timesteps)[kept], kept, device)
+
+    @classmethod
+    def from_alphas_cumprod(cls, ac: np.ndarray, timesteps: np.ndarray,
+                            device: torch.device | str = "cpu") -> "Schedule":
+        """All tables from float64 ᾱ at the kept timesteps (betas follow from consecutive ratios)."""
         ac_prev = np.append(1.0, ac[:-1])
         betas = 1.0 - ac / ac_prev
         post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
@@ -62,7 +79,8 @@ class Schedule:
             # variance at t = 0 is 0: use t = 1's in the log (its noise is never added)
             posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
         )
-        return cls(**{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in tables.items()})
+        tensors = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in tables.items()}
+        return cls(**tensors, timesteps=torch.as_tensor(timesteps, dtype=torch.long, device=device))
 
     def to(self, device: torch.device | str) -> "Schedule":
         return Schedule(**{k: v.to(device) for k, v in self.__dict__.items()})
