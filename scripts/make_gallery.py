@@ -1,0 +1,135 @@
+"""Regenerate the README gallery (docs/gallery/) from a shipped model, on CPU.
+
+    python scripts/make_gallery.py [--model assets/models/hubble-small.safetensors] [--out docs/gallery]
+
+Every picture comes from one `sinddm` command (printed as it runs), seeded, so the gallery
+is reproducible; the panels only add the inputs beside the outputs. About 4 minutes on 2 cores.
+"""
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sinddm.checkpoint import load_model  # noqa: E402
+from sinddm.cli import main as sinddm  # noqa: E402
+
+GAP = 4
+BACKGROUND = (255, 255, 255)
+
+
+def run(*args: str) -> None:
+    print("$ sinddm " + " ".join(shlex.quote(a) for a in args), flush=True)
+    if sinddm([*args, "--quiet", "--device", "cpu"]) != 0:
+        raise SystemExit(f"failed: sinddm {' '.join(args)}")
+
+
+def pictures(folder: Path) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*_[0-9][0-9][0-9].png"))]
+
+
+def row(images: list[Image.Image], zoom: int, label: str | None = None) -> Image.Image:
+    """The images side by side (nearest-neighbour zoom: the pixels are the result), a caption on the left."""
+    images = [im.resize((im.width * zoom, im.height * zoom), Image.NEAREST) for im in images]
+    label_w = 0 if label is None else 8 + 7 * len(label)
+    h = max(im.height for im in images)
+    w = label_w + sum(im.width for im in images) + GAP * (len(images) - 1)
+    canvas = Image.new("RGB", (w, h), BACKGROUND)
+    if label is not None:
+        ImageDraw.Draw(canvas).text((4, h // 2 - 6), label, fill=(0, 0, 0))
+    x = label_w
+    for im in images:
+        canvas.paste(im, (x, (h - im.height) // 2))
+        x += im.width + GAP
+    return canvas
+
+
+def column(rows: list[Image.Image]) -> Image.Image:
+    w = max(r.width for r in rows)
+    canvas = Image.new("RGB", (w, sum(r.height for r in rows) + GAP * (len(rows) - 1)), BACKGROUND)
+    y = 0
+    for r in rows:
+        canvas.paste(r, (0, y))
+        y += r.height + GAP
+    return canvas
+
+
+def boxed(image: Image.Image, boxes: list[tuple[int, int, int, int]], colour=(255, 220, 0)) -> Image.Image:
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for y, x, h, w in boxes:
+        draw.rectangle((x - 1, y - 1, x + w, y + h), outline=colour)
+    return image
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "assets/models/hubble-small.safetensors"))
+    ap.add_argument("--out", default=str(ROOT / "docs/gallery"))
+    ap.add_argument("--zoom", type=int, default=2, help="nearest-neighbour zoom of the pictures")
+    ap.add_argument("--source", default="74,17,16,16", help="roi-copy source box y,x,h,w")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(args.model)
+    training = Image.fromarray(loaded.pyramid.levels[-1])
+    fh, fw = loaded.pyramid.sizes_hw[-1]
+    model, z = args.model, args.zoom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+
+        # Samples at three aspect ratios, the training image first.
+        panels = [row([training], z, "training")]
+        for fy, fx, num in (("1", "1", 4), ("1", "2", 2), ("2", "1", 4)):
+            run("sample", model, "--num", str(num), "--scale-hw", fy, fx, "--seed", "1", "--out", str(tmp / f"s{fy}{fx}"))
+            panels.append(row(pictures(tmp / f"s{fy}{fx}"), z, f"{fy}x{fx}"))
+        column(panels).save(out / "samples.png")
+
+        # Object sizes: the coarsest noise starts at level k's size.
+        panels = []
+        for k in range(loaded.pyramid.n_scales):
+            run("sample", model, "--num", "4", "--start-scale", str(k), "--seed", "2", "--out", str(tmp / f"k{k}"))
+            panels.append(row(pictures(tmp / f"k{k}"), z, f"k={k}"))
+        column(panels).save(out / "object_sizes.png")
+
+        # Harmonization: a crop of rocket.jpg pasted into the training image.
+        composite = training.copy()
+        rocket = Image.open(ROOT / "assets/rocket.jpg").convert("RGB").crop((230, 40, 430, 300))
+        ph, pw = fh // 3, fh // 3 * 200 // 260
+        py, px = fh // 3, fw // 2
+        composite.paste(rocket.resize((pw, ph), Image.LANCZOS), (px, py))
+        mask = np.zeros((fh, fw), np.uint8)
+        mask[py:py + ph, px:px + pw] = 255
+        composite.save(tmp / "composite.png")
+        Image.fromarray(mask).save(tmp / "mask.png")
+        run("edit", model, "harmonize", "--composite", str(tmp / "composite.png"), "--mask", str(tmp / "mask.png"),
+            "--start-t", "20", "--num", "3", "--seed", "3", "--out", str(tmp / "harmonize"))
+        row([composite, *pictures(tmp / "harmonize")], z, "composite | harmonized").save(out / "harmonize.png")
+
+        # Style transfer: rocket.jpg in the training image's colours and textures.
+        run("edit", model, "style-transfer", "--content", str(ROOT / "assets/rocket.jpg"), "--num", "3",
+            "--seed", "4", "--out", str(tmp / "style"))
+        content = Image.open(ROOT / "assets/rocket.jpg").convert("RGB")
+        content = content.resize((round(content.width * fh / content.height), fh), Image.LANCZOS)
+        row([content, *pictures(tmp / "style")], z, "content | restyled").save(out / "style_transfer.png")
+
+        # ROI-guided generation: the source box's galaxy at two targets.
+        source = tuple(int(v) for v in args.source.split(","))
+        sy, sx, sh, sw = source
+        targets = [(8, 8, sh, sw), (fh - sh - 8, fw - sw - 8, sh, sw)]
+        run("edit", model, "roi-copy", "--source", args.source, "--target", *[",".join(map(str, t)) for t in targets],
+            "--num", "3", "--seed", "5", "--out", str(tmp / "roi"))
+        row([boxed(training, [source]), *[boxed(p, targets, (0, 200, 255)) for p in pictures(tmp / "roi")]], z,
+            "source | targets").save(out / "roi_copy.png")
+    print(f"gallery written to {out}")
+
+
+if __name__ == "__main__":
+    main()
