@@ -89,7 +89,8 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--out", help=f"output folder (default: RUN_DIR/{out_name})")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"),
-                   help="images per batch (default: as many as fit in memory)")
+                   help="images per batch (default: as many as fit in GPU memory; 4 on a CPU, where "
+                        "larger batches are slower per image)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
                    help="fast: bf16 network and CUDA graphs on GPU; fp32: exact (default auto: fast on CUDA)")

@@ -88,7 +88,7 @@ def add_common_arguments(p) -> None:
                         "cache; without it SIFID is skipped; nothing is downloaded)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"),
-                   help="samples per sampling batch (default: as many as fit in memory)")
+                   help="samples per sampling batch (default as in 'sinddm sample': as many as fit in GPU memory, 4 on a CPU)")
     p.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
                    help="sampling (and training) precision, as in 'sinddm sample' (default auto)")
     p.add_argument("--threads", type=_positive_int("--threads"),

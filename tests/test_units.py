@@ -5,6 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -299,3 +300,12 @@ def test_make_grid_places_images_row_major_on_background():
     assert (g[18:30, 3:9] == 30).all()
     assert (g[:3] == 255).all() and (g[:, :3] == 255).all()
     assert (g[18:, 26:] == 255).all()             # the empty fourth cell
+
+
+def test_default_batch_is_capped_on_cpu_and_memory_bound():
+    from sinddm.pipeline import CPU_BATCH_CAP, auto_batch_size
+
+    cpu = torch.device("cpu")
+    assert auto_batch_size([(20, 20), (40, 40)], 16, cpu) == CPU_BATCH_CAP == 4
+    # a finest scale too big for two images in the 2 GiB CPU budget → one at a time
+    assert auto_batch_size([(50, 50), (6000, 6000)], 160, cpu) == 1
