@@ -110,15 +110,15 @@ def main() -> None:
         composite.save(tmp / "composite.png")
         Image.fromarray(mask).save(tmp / "mask.png")
         run("edit", model, "harmonize", "--composite", str(tmp / "composite.png"), "--mask", str(tmp / "mask.png"),
-            "--start-t", "20", "--num", "3", "--seed", "3", "--out", str(tmp / "harmonize"))
+            "--start-t", "12", "--num", "3", "--seed", "3", "--out", str(tmp / "harmonize"))
         row([composite, *pictures(tmp / "harmonize")], z, "composite | harmonized").save(out / "harmonize.png")
 
         # Style transfer: rocket.jpg in the training image's colours and textures.
         run("edit", model, "style-transfer", "--content", str(ROOT / "assets/rocket.jpg"), "--num", "3",
             "--seed", "4", "--out", str(tmp / "style"))
-        content = Image.open(ROOT / "assets/rocket.jpg").convert("RGB")
-        content = content.resize((round(content.width * fh / content.height), fh), Image.LANCZOS)
-        row([content, *pictures(tmp / "style")], z, "content | restyled").save(out / "style_transfer.png")
+        restyled = pictures(tmp / "style")
+        content = Image.open(ROOT / "assets/rocket.jpg").convert("RGB").resize(restyled[0].size, Image.LANCZOS)
+        row([content, *restyled], z, "content | restyled").save(out / "style_transfer.png")
 
         # ROI-guided generation: the source box's galaxy at two targets.
         source = tuple(int(v) for v in args.source.split(","))
