@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from sinddm.checkpoint import load_model  # noqa: E402
 from sinddm.cli import main as sinddm  # noqa: E402
+from sinddm.image_io import make_grid  # noqa: E402
 
 GAP = 4
 BACKGROUND = (255, 255, 255)
@@ -36,27 +37,23 @@ def pictures(folder: Path) -> list[Image.Image]:
 
 def row(images: list[Image.Image], zoom: int, label: str | None = None) -> Image.Image:
     """The images side by side (nearest-neighbour zoom: the pixels are the result), a caption on the left."""
-    images = [im.resize((im.width * zoom, im.height * zoom), Image.NEAREST) for im in images]
+    tiles = make_grid([np.asarray(im.resize((im.width * zoom, im.height * zoom), Image.NEAREST)) for im in images],
+                      pad=GAP, ncol=len(images))
     label_w = 0 if label is None else 8 + 7 * len(label)
-    h = max(im.height for im in images)
-    w = label_w + sum(im.width for im in images) + GAP * (len(images) - 1)
-    canvas = Image.new("RGB", (w, h), BACKGROUND)
+    canvas = Image.new("RGB", (label_w + tiles.shape[1], tiles.shape[0]), BACKGROUND)
+    canvas.paste(Image.fromarray(tiles), (label_w, 0))
     if label is not None:
-        ImageDraw.Draw(canvas).text((4, h // 2 - 6), label, fill=(0, 0, 0))
-    x = label_w
-    for im in images:
-        canvas.paste(im, (x, (h - im.height) // 2))
-        x += im.width + GAP
+        ImageDraw.Draw(canvas).text((4, tiles.shape[0] // 2 - 6), label, fill=(0, 0, 0))
     return canvas
 
 
 def column(rows: list[Image.Image]) -> Image.Image:
-    w = max(r.width for r in rows)
-    canvas = Image.new("RGB", (w, sum(r.height for r in rows) + GAP * (len(rows) - 1)), BACKGROUND)
+    """Rows of different heights stacked tightly (make_grid's cells would all take the tallest height)."""
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), BACKGROUND)
     y = 0
     for r in rows:
         canvas.paste(r, (0, y))
-        y += r.height + GAP
+        y += r.height
     return canvas
 
 

@@ -60,7 +60,7 @@ class Schedule:
         return cls.from_alphas_cumprod(cosine_alphas_cumprod(timesteps)[kept], kept, device)
 
     @classmethod
-    def from_alphas_cumprod(cls, ac: np.ndarray, timesteps: np.ndarray,
+    def from_alphas_cumprod(cls, ac: np.ndarray, kept: np.ndarray,
                             device: torch.device | str = "cpu") -> "Schedule":
         """All tables from float64 ᾱ at the kept timesteps (betas follow from consecutive ratios)."""
         ac_prev = np.append(1.0, ac[:-1])
@@ -80,7 +80,7 @@ class Schedule:
             posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
         )
         tensors = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in tables.items()}
-        return cls(**tensors, timesteps=torch.as_tensor(timesteps, dtype=torch.long, device=device))
+        return cls(**tensors, timesteps=torch.as_tensor(kept, dtype=torch.long, device=device))
 
     def to(self, device: torch.device | str) -> "Schedule":
         return Schedule(**{k: v.to(device) for k, v in self.__dict__.items()})
