@@ -93,7 +93,9 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
                         "larger batches are slower per image)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
-                   help="fast: bf16 network and CUDA graphs on GPU; fp32: exact (default auto: fast on CUDA)")
+                   help="fast: bf16 network and CUDA graphs on a GPU, fp32 in channels_last layout on an x86 "
+                        "CPU (samples within 1e-4 of fp32's, 12-33%% faster measured); fp32: the exact path "
+                        "(default auto: fast)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import LoadedModel
+from .fast import FastPyramidSampler, prepare_backends, sampling_options
 from .samplers import sample_pyramid
 from .schedule import Schedule
 
@@ -44,15 +45,16 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
              cuda_graphs: bool | None = None, scale0_steps: int | None = None) -> list[torch.Tensor]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid.
 
-    precision 'fast' (CUDA only; elsewhere fp32): bf16 network, channels_last, one CUDA
-    graph per scale loop (see `sinddm.fast`). The noise is the same for both precisions:
+    precision 'auto'/'fast' on CUDA: bf16 network, channels_last, one CUDA graph per scale
+    loop; on an x86 CPU: fp32 with channels_last (`sinddm.fast.sampling_options`); 'fp32' is
+    the exact path the golden tests pin. The noise is the same for every precision:
     batch b always draws from its own generator seeded with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     """
     from .training import resolve_precision
 
     device = torch.device(device)
-    precision = resolve_precision(precision, device)
+    resolve_precision(precision, device)  # rejects unknown names
     model = loaded.model.to(device).eval()
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)
@@ -65,13 +67,10 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     steps_per_batch = sum(start_t)
     out: list[torch.Tensor] = []
     fast = None
-    if precision == "fast":
-        from .fast import FastOptions, FastPyramidSampler, prepare_backends
-
+    opts = sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
+    if opts is not None:
         prepare_backends(device)
-        fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device,
-                                  FastOptions.for_device(device, compile=compile, graphs=cuda_graphs),
-                                  schedule0=schedule0)
+        fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device, opts, schedule0=schedule0)
     with tqdm(total=n_batches * steps_per_batch, desc="sample", unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         for b in range(n_batches):
@@ -82,5 +81,5 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
             else:
                 outs = sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
                                       device=device, progress=bar, schedule0=schedule0)
-            out.extend(outs[-1].cpu())
+            out.extend(outs[-1].cpu().contiguous())  # the CPU fast path leaves NHWC strides
     return out

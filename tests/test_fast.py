@@ -13,9 +13,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sinddm.checkpoint import LoadedModel
 from sinddm.config import config_from_dict
-from sinddm.fast import FastNet, FastOptions, FastPyramidSampler, ema_update, inference_net, retarget_adam
+import sinddm.fast as fast_module
+from sinddm.fast import (FastNet, FastOptions, FastPyramidSampler, ema_update, inference_net, retarget_adam,
+                         sampling_options)
 from sinddm.model import Denoiser
-from sinddm.pipeline import generate
+from sinddm.pipeline import batch_seed, generate
 from sinddm.pyramid import build_pyramid
 from sinddm.samplers import PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_pyramid_from_noise
 from sinddm.schedule import Schedule, blend_gammas, start_timesteps
@@ -79,14 +81,38 @@ def test_trainer_precision_fast_on_cpu_is_exactly_fp32(pyramid, tmp_path):
     assert_same_state(a, b)
 
 
-def test_generate_fast_on_cpu_is_exactly_fp32(pyramid):
+def test_sampling_options_per_device(monkeypatch):
+    cuda = torch.device("cuda")  # describes CUDA; touches no GPU
+    assert sampling_options("fp32", cuda) is None and sampling_options("fp32", CPU) is None
+    assert sampling_options("auto", cuda) == FastOptions.for_device(cuda)
+    assert sampling_options("fast", cuda, compile=True).compile
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: True)
+    cpu = sampling_options("auto", CPU, compile=True, graphs=True)
+    assert cpu == FastOptions(autocast=False, channels_last=True, graphs=False, compile=False)
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: False)
+    assert sampling_options("fast", CPU) is None
+
+
+def test_generate_on_cpu_fp32_exact_fast_close(pyramid, monkeypatch):
+    """'fp32' is the eager sampler bit for bit; 'fast' on a CPU (channels_last) is the same
+    arithmetic in another order: close, deterministic, and the exact path where NHWC does not pay."""
     torch.manual_seed(0)
     loaded = LoadedModel(model=Denoiser(8), pyramid=pyramid, config=tiny_config(), step=0, path=Path("x"))
     sizes, st = pyramid.sizes_hw, [6, 3]
-    a = generate(loaded, 3, sizes, st, seed=4, batch_size=2, progress=False, precision="fp32")
-    b = generate(loaded, 3, sizes, st, seed=4, batch_size=2, progress=False, precision="fast")
-    assert len(a) == len(b) == 3
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    run = lambda precision: generate(loaded, 3, sizes, st, seed=4, batch_size=2, progress=False,  # noqa: E731
+                                     precision=precision)
+    a = run("fp32")
+    gen = torch.Generator().manual_seed(batch_seed(4, 0))
+    eager = sample_pyramid(loaded.model, Schedule.cosine(), loaded.gammas, sizes, st, 2, generator=gen)[-1]
+    assert torch.equal(torch.stack(a[:2]), eager)
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: True)
+    b, b2 = run("fast"), run("auto")
+    assert all(torch.equal(x, y) for x, y in zip(b, b2))
+    assert all(x.is_contiguous() for x in b)
+    assert not all(torch.equal(x, y) for x, y in zip(a, b))  # the NHWC path did run
+    torch.testing.assert_close(torch.stack(b), torch.stack(a), rtol=0, atol=1e-4)
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: False)
+    assert all(torch.equal(x, y) for x, y in zip(a, run("fast")))
 
 
 # -- training: the static-buffer step (what the CUDA graphs replay) -----------------------------------
