@@ -3,19 +3,25 @@
 #
 #     bash scripts/gpu_check.sh            # results in $OUT (default ./out)
 #
-# 1. optional offline wheels (.whl/*.whl -> /tmp/site), import check
-# 2. nvidia-smi
-# 3. benchmarks/speed.py (fp32, fast, agreement, compile last)  -> $OUT/speed.json, speed.txt
-# 4. a short fast-recipe training run (configs/fast.yaml, few steps) -> $OUT/fast_run/
-# 5. the same 8 samples with --precision fp32 and fast          -> $OUT/samples_{fp32,fast}_grid.png
-# 6. the shipped small model's recipe (configs/small.yaml on assets/hubble.jpg) -> $OUT/small_run/
+#     PARTS=ship,bench BENCH_MODES=fp32,fast TOTAL_S=540 bash scripts/gpu_check.sh
+#
+# Always: optional offline wheels (.whl/*.whl -> /tmp/site), an import check, nvidia-smi.
+# Then the parts PARTS names (default bench,fast,small), in that order:
+#   bench  benchmarks/speed.py (fp32, fast, agreement, compile last)  -> speed.json, speed.txt
+#   fast   a short fast-recipe run (configs/fast.yaml, TRAIN_STEPS steps) -> fast_run/, and
+#          the same 8 samples with --precision fp32 and fast      -> samples_{fp32,fast}_grid.png
+#   small  the shipped small model's recipe (configs/small.yaml on assets/hubble.jpg) -> small_run/
+#   ship   the width-160 model to ship: SHIP_CONFIG (default configs/fast.yaml) on
+#          assets/hubble.jpg, seed 0 -> ship/: model.safetensors, sha256, loss, grids at
+#          1x1/1x2/2x1, `sinddm eval` metrics.json + report.png
 #
 # Writes nothing outside the repository except under /tmp. Every part has its own
 # `timeout`, and each part's limit shrinks to fit a hard total of TOTAL_S (default
 # 450 s), so the script ends in under 8 minutes whatever happens. A failing part is
 # reported and the next one still runs. Knobs (env): OUT, PYTHON, TOTAL_S,
 # BENCH_BUDGET (s, default 215), BENCH_MODES (default fp32,fast,compile),
-# TRAIN_STEPS (default 2000), SMALL_BUDGET (s, default 90), TRAIN_IMAGE (default assets/rocket.jpg).
+# TRAIN_STEPS (default 2000), SMALL_BUDGET (s, default 90), TRAIN_IMAGE (default assets/rocket.jpg),
+# PARTS, SHIP_CONFIG, SHIP_BUDGET (s, default 330).
 
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -34,6 +40,7 @@ TOTAL_S=${TOTAL_S:-450}
 BENCH_BUDGET=${BENCH_BUDGET:-215}
 BENCH_MODES=${BENCH_MODES:-fp32,fast,compile}
 TRAIN_STEPS=${TRAIN_STEPS:-2000}
+PARTS=${PARTS:-bench,fast,small}
 T0=$(date +%s)
 RUN=/tmp/sinddm_gpu_check
 rm -rf "$RUN" && mkdir -p "$RUN"
@@ -101,31 +108,30 @@ print("MISSING (optional: triton for torch.compile; open_clip/torchvision for te
       [m for m in missing if m in ("triton", "open_clip", "torchvision")] or "none")
 EOF
 CLI_OK=1
-$PY -c "import yaml, safetensors" 2>/dev/null || { CLI_OK=0; echo "yaml/safetensors missing: parts 4-5 (CLI training and sampling) will be skipped; carry wheels in .whl/"; }
+$PY -c "import yaml, safetensors" 2>/dev/null || { CLI_OK=0; echo "yaml/safetensors missing: parts fast, small and ship (the CLI) will be skipped; carry wheels in .whl/"; }
 
-# -- 2. the card --------------------------------------------------------------------------------
-part "nvidia-smi" 20 nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
+# -- the parts, run in the order PARTS names them --------------------------------------------------
 
-# -- 3. benchmark ---------------------------------------------------------------------------------
-part "benchmarks/speed.py" $(( BENCH_BUDGET + 20 )) \
-    $PY benchmarks/speed.py --modes "$BENCH_MODES" --budget "$BENCH_BUDGET" --out "$OUT/speed.json" \
-    2>&1 | tee "$OUT/speed.txt"
+part_bench() {  # benchmarks/speed.py (fp32, fast, agreement, compile last)
+    part "benchmarks/speed.py" $(( BENCH_BUDGET + 20 )) \
+        $PY benchmarks/speed.py --modes "$BENCH_MODES" --budget "$BENCH_BUDGET" --out "$OUT/speed.json" \
+        2>&1 | tee "$OUT/speed.txt"
+}
 
-# -- 4. fast-recipe training, a few steps ------------------------------------------------------------
-if (( CLI_OK )); then
+part_fast() {  # a short fast-recipe run, then the same 8 samples with --precision fp32 and fast
     train_part fast_run "${TRAIN_BUDGET:-110}" "model.safetensors samples_grid.png loss.png loss.csv pyramid.png config.yaml" \
         --config configs/fast.yaml --steps "$TRAIN_STEPS"
     ls -l "$OUT/fast_run"
-
-    # -- 5. fp32 vs fast samples from that model -------------------------------------------------
-    if [ -f "$RUN/fast_run/model.safetensors" ]; then
-        for p in fp32 fast; do
-            part "sample 8 with --precision $p" 30 \
-                $PY -m sinddm sample "$RUN/fast_run" --num 8 --batch-size 8 --seed 0 --precision "$p" \
-                --out "$RUN/samples_$p" --overwrite --quiet 2>&1 | tail -n 3
-            [ -f "$RUN/samples_$p/grid.png" ] && cp "$RUN/samples_$p/grid.png" "$OUT/samples_${p}_grid.png"
-        done
-        timeout -k 5 "$(limit 20)" $PY - "$RUN" <<'EOF' 2>&1 | tee "$OUT/samples_compare.txt"
+    if [ ! -f "$RUN/fast_run/model.safetensors" ]; then
+        echo "no model.safetensors from the training part: sampling comparison skipped"; return
+    fi
+    for p in fp32 fast; do
+        part "sample 8 with --precision $p" 30 \
+            $PY -m sinddm sample "$RUN/fast_run" --num 8 --batch-size 8 --seed 0 --precision "$p" \
+            --out "$RUN/samples_$p" --overwrite --quiet 2>&1 | tail -n 3
+        [ -f "$RUN/samples_$p/grid.png" ] && cp "$RUN/samples_$p/grid.png" "$OUT/samples_${p}_grid.png"
+    done
+    timeout -k 5 "$(limit 20)" $PY - "$RUN" <<'PYEOF' 2>&1 | tee "$OUT/samples_compare.txt"
 import sys
 from pathlib import Path
 import numpy as np
@@ -137,19 +143,40 @@ if not a or len(a) != len(b):
 d = [np.abs(np.asarray(Image.open(x), np.float64) - np.asarray(Image.open(y), np.float64)).mean() for x, y in zip(a, b)]
 print("same seed, fp32 vs fast samples: mean |diff| per image (0-255 scale):", " ".join(f"{v:.2f}" for v in d))
 print("(a few units: bf16 rounding carried through 236 denoising steps; tens: investigate)")
-EOF
-    else
-        echo "no model.safetensors from the training part: sampling comparison skipped"
-    fi
-else
-    echo "SKIPPED parts 4-5 (CLI needs yaml and safetensors)"
-fi
+PYEOF
+}
 
-# -- 6. the shipped small model's recipe on the GPU (its CPU training took 85 min) -------------------
-if (( CLI_OK )); then
+part_small() {  # the shipped small model's recipe on the GPU (its CPU training took 85 min)
     TRAIN_IMAGE=assets/hubble.jpg train_part small_run "${SMALL_BUDGET:-90}" \
         "model.safetensors samples_grid.png loss.png loss.csv config.yaml" --config configs/small.yaml
-fi
+}
+
+part_ship() {  # the width-160 model to ship: SHIP_CONFIG on assets/hubble.jpg, seed 0, then its pictures
+    local cfg=${SHIP_CONFIG:-configs/fast.yaml} run=$RUN/ship
+    TRAIN_IMAGE=assets/hubble.jpg train_part ship "${SHIP_BUDGET:-330}" \
+        "model.safetensors samples_grid.png loss.png loss.csv pyramid.png config.yaml" --config "$cfg" --seed 0
+    if [ ! -f "$run/model.safetensors" ]; then echo "ship: no model.safetensors (see ship/train.log)"; return; fi
+    ls -l "$run/model.safetensors"; sha256sum "$run/model.safetensors" | tee "$OUT/ship/sha256.txt"
+    for hw in "1 1" "1 2" "2 1"; do
+        part "ship: sample 4 at ${hw/ /x}" 30 $PY -m sinddm sample "$run" --num 4 --seed 0 --scale-hw $hw \
+            --out "$RUN/ship_${hw/ /x}" --overwrite --quiet 2>&1 | tail -n 2
+        [ -f "$RUN/ship_${hw/ /x}/grid.png" ] && cp "$RUN/ship_${hw/ /x}/grid.png" "$OUT/ship/grid_${hw/ /x}.png"
+    done
+    part "ship: sinddm eval (24 samples)" 60 $PY -m sinddm eval "$run" --num 24 --seed 0 --out "$RUN/ship_eval" \
+        --overwrite --quiet 2>&1 | tail -n 12
+    for f in metrics.json report.png; do [ -f "$RUN/ship_eval/$f" ] && cp "$RUN/ship_eval/$f" "$OUT/ship/"; done
+    true
+}
+
+part "nvidia-smi" 20 nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
+for name in ${PARTS//,/ }; do
+    case $name in
+        bench) part_bench ;;
+        fast|small|ship)
+            if (( CLI_OK )); then "part_$name"; else echo "SKIPPED $name: the CLI needs yaml and safetensors"; fi ;;
+        *) echo "unknown part '$name' in PARTS (use bench, fast, small, ship)" ;;
+    esac
+done
 
 say "done in $(( $(date +%s) - T0 )) s; results in $OUT:"
-ls -l "$OUT"
+ls -lR "$OUT" | head -n 60
