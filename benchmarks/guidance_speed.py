@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 
-    from sinddm.guidance import (ClipSpec, GuidanceParams, TextGuide, autocast_model, load_clip,
-                                 sample_guided)
+    from sinddm.clip import ClipSpec, load_clip
+    from sinddm.guidance import GuidanceParams, TextGuide, autocast_model, sample_guided
     from sinddm.pipeline import generate
     from sinddm.training import resolve_device, resolve_precision
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
+from sinddm import clip as C
 from sinddm import guidance as G
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
@@ -81,7 +82,7 @@ def clip_args(clip_ckpt):
 
 @pytest.fixture(scope="module")
 def clip(clip_ckpt):
-    return G.load_clip(G.ClipSpec(str(TINY_CLIP), "none", str(clip_ckpt)), "cpu")
+    return C.load_clip(C.ClipSpec(str(TINY_CLIP), "none", str(clip_ckpt)), "cpu")
 
 
 def make_guide(clip, prompt="a red castle", seed=0):
@@ -169,7 +170,7 @@ def test_template_subsets_average_templates(clip):
 
 
 def test_clip_is_cached_per_process(clip, clip_ckpt):
-    again = G.load_clip(G.ClipSpec(str(TINY_CLIP), "none", str(clip_ckpt)), "cpu")
+    again = C.load_clip(C.ClipSpec(str(TINY_CLIP), "none", str(clip_ckpt)), "cpu")
     assert again is clip
 
 
@@ -290,7 +291,7 @@ def test_cli_run_loads_clip_once(smoke_run, clip_args, tmp_path, monkeypatch):
     created = []
     real = open_clip.create_model
     monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: created.append(a) or real(*a, **k))
-    monkeypatch.setattr(G, "_CLIP_CACHE", {})
+    monkeypatch.setattr(C, "_CLIP_CACHE", {})
     clip_opts = {"clip_model": str(clip_args[1]), "clip_checkpoint": str(clip_args[3])}
     base = {"model": str(smoke_run), "num": 1, "device": "cpu", "quiet": True, "start_t": START_T, **clip_opts}
     jobs = [{"edit": {**base, "mode": "text-content", "text": "a castle", "out": str(tmp_path / "a")}},
@@ -304,8 +305,8 @@ def test_cli_run_loads_clip_once(smoke_run, clip_args, tmp_path, monkeypatch):
 
 def test_offline_without_weights_is_one_line(smoke_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv(G.CACHE_ENV, str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(G, "_CLIP_CACHE", {})
+    monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(C, "_CLIP_CACHE", {})
     rc = cli("edit", smoke_run, "text-content", "--text", "a castle", "--device", "cpu", "--out", tmp_path / "o")
     err = capsys.readouterr().err.strip()
     assert rc == 2

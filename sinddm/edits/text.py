@@ -35,7 +35,7 @@ def _iterations(v: str) -> int:
 
 
 def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
-    from ..guidance import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+    from ..clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 
     p.add_argument("--text", required=True, help="the text prompt")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="NAME",
@@ -82,7 +82,8 @@ def _precision(args, device) -> torch.dtype | None:
 
 
 def _guide(args, device, prompt: str):
-    from ..guidance import ClipSpec, TextGuide, load_clip
+    from ..clip import ClipSpec, load_clip
+    from ..guidance import TextGuide
 
     dtype = _precision(args, device)
     clip = load_clip(ClipSpec.from_args(args), device, dtype=dtype or torch.float32)
@@ -129,7 +130,7 @@ class _GuidedSampling:
         _add_start_t(p)
 
     def validate(self, args, loaded) -> None:
-        from ..guidance import ClipSpec, resolve_clip
+        from ..clip import ClipSpec, resolve_clip
 
         _check_prompt(args)
         _start_t(args, loaded)
@@ -251,7 +252,7 @@ class TextROI:
                        help="step size relative to the region's norm (default 0.1)")
 
     def validate(self, args, loaded):
-        from ..guidance import ClipSpec, resolve_clip
+        from ..clip import ClipSpec, resolve_clip
 
         _check_prompt(args)
         h, w = loaded.pyramid.sizes_hw[-1]
