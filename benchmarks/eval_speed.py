@@ -32,6 +32,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sinddm import inception  # noqa: E402
 from sinddm import metrics as M  # noqa: E402
 
 
@@ -79,14 +80,14 @@ def main() -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     ref, samples = make_inputs(args.num, w, h)
 
-    weights, why = M.find_inception_weights(args.inception_weights)
+    weights, why = inception.find_inception_weights(args.inception_weights)
     tmp = None
     real_weights = weights is not None
     if weights is None:
         tmp = tempfile.TemporaryDirectory()
         weights = Path(tmp.name) / "random_inception.pth"
         torch.manual_seed(0)
-        torch.save(M.FIDInceptionV3("pre_pool2").state_dict(), weights)
+        torch.save(inception.FIDInceptionV3("pre_pool2").state_dict(), weights)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     runs = []

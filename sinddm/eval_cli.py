@@ -118,7 +118,7 @@ def _read_sample_dir(folder: Path, num: int | None) -> tuple[list[np.ndarray], l
 
 
 def _weights_key(inception_weights) -> str | None:
-    from .metrics import find_inception_weights
+    from .inception import find_inception_weights
 
     path, _ = find_inception_weights(inception_weights)
     return str(Path(path).resolve()) if path else None
@@ -219,7 +219,7 @@ def _summary_lines(m: dict, short: bool = False) -> list[str]:
 
 def _check_weights(path: str | None) -> None:
     """An explicit --inception-weights file must exist and fit, before any long work starts."""
-    from .metrics import load_inception
+    from .inception import load_inception
 
     if path is None:
         return

@@ -15,6 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
+from sinddm import inception
 from sinddm import metrics as M
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
@@ -77,7 +78,7 @@ def random_weights(tmp_path_factory):
     """A pytorch-fid-format state dict of the whole network, randomly initialised."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
-    torch.save(M.FIDInceptionV3().state_dict(), path)
+    torch.save(inception.FIDInceptionV3().state_dict(), path)
     return path
 
 
@@ -220,10 +221,10 @@ def test_inception_matches_the_published_layout():
     layout of pytorch-fid's weight file; the SIFID layers compute the same function."""
     from torchvision.models.inception import Inception3
 
-    mine = M.FIDInceptionV3().eval()
+    mine = inception.FIDInceptionV3().eval()
     ref = Inception3(num_classes=1008, aux_logits=False, init_weights=False).eval()
-    assert M.weight_keys(mine) == M.weight_keys(ref)
-    assert len(M.weight_keys(mine)) == 472
+    assert inception.weight_keys(mine) == inception.weight_keys(ref)
+    assert len(inception.weight_keys(mine)) == 472
     state = mine.state_dict()
     g = torch.Generator().manual_seed(0)
     for k, v in state.items():
@@ -246,24 +247,24 @@ def test_inception_matches_the_published_layout():
 
 
 def test_inception_loader_checks_keys_and_shapes(random_weights, tmp_path):
-    net = M.load_inception(random_weights, "pre_pool2")
-    assert set(M.weight_keys(net)) == {k for k in M.weight_keys(M.FIDInceptionV3("pre_pool2"))}
+    net = inception.load_inception(random_weights, "pre_pool2")
+    assert set(inception.weight_keys(net)) == {k for k in inception.weight_keys(inception.FIDInceptionV3("pre_pool2"))}
     assert not hasattr(net, "Mixed_5b")  # only what SIFID needs is built
     state = torch.load(random_weights, weights_only=True)
     broken = dict(state)
     del broken["Conv2d_4a_3x3.bn.running_var"]
     torch.save(broken, tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="Conv2d_4a_3x3.bn.running_var"):
-        M.load_inception(tmp_path / "missing.pth", "pre_pool2")
-    M.load_inception(tmp_path / "missing.pth", "pre_pool1")  # that layer is not needed there
+        inception.load_inception(tmp_path / "missing.pth", "pre_pool2")
+    inception.load_inception(tmp_path / "missing.pth", "pre_pool1")  # that layer is not needed there
     broken = dict(state)
     broken["Conv2d_1a_3x3.conv.weight"] = torch.zeros(32, 3, 5, 5)
     torch.save(broken, tmp_path / "shape.pth")
     with pytest.raises(ValueError, match="shape"):
-        M.load_inception(tmp_path / "shape.pth", "pre_pool1")
+        inception.load_inception(tmp_path / "shape.pth", "pre_pool1")
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
     with pytest.raises(ValueError, match="cannot be read"):
-        M.load_inception(tmp_path / "junk.pth")
+        inception.load_inception(tmp_path / "junk.pth")
 
 
 def test_sifid_with_random_weights(land, random_weights):
@@ -276,14 +277,14 @@ def test_sifid_with_random_weights(land, random_weights):
 
 
 def test_weights_are_found_in_the_hub_cache_only_by_name(random_weights, tmp_path):
-    path, why = M.find_inception_weights()
+    path, why = inception.find_inception_weights()
     assert path is None and "pt_inception-2015-12-05" in why and "nothing is downloaded" in why
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     (cache / "some_other_model.pth").write_bytes(random_weights.read_bytes())
-    assert M.find_inception_weights()[0] is None
+    assert inception.find_inception_weights()[0] is None
     (cache / "pt_inception-2015-12-05-6726825d.pth").write_bytes(random_weights.read_bytes())
-    assert M.find_inception_weights()[0] == cache / "pt_inception-2015-12-05-6726825d.pth"
+    assert inception.find_inception_weights()[0] == cache / "pt_inception-2015-12-05-6726825d.pth"
 
 
 def test_evaluate_skips_sifid_cleanly_without_weights(land):
