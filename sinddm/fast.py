@@ -1,5 +1,6 @@
 """The CUDA fast path ('--precision fast'): bf16 autocast, channels_last, CUDA graphs,
-fused Adam, sync-free EMA and an opt-in torch.compile.
+fused Adam, sync-free EMA and an opt-in torch.compile. On an x86 CPU, sampling's fast
+path is channels_last alone, in fp32 (`sampling_options`).
 
 Only the network runs in bf16: noise-schedule and sampler arithmetic stay float32 and
 the network's output is cast back to float32 before it is used. Everything here is
