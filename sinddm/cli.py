@@ -257,7 +257,7 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
 
 def cmd_train(args) -> int:
     from .checkpoint import atomic_write_bytes
-    from .config import load_config
+    from .config import ema_warning, load_config
     from .image_io import load_rgb
     from .plots import pyramid_preview
     from .pyramid import build_pyramid
@@ -296,6 +296,9 @@ def cmd_train(args) -> int:
           f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, precision {trainer.precision}, "
           f"steps {trainer.step} -> {steps}",
           file=sys.stderr)
+    warning = ema_warning(trainer.config.train, steps)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     trainer.train(steps, progress=not args.quiet)
     n = trainer.config.train.grid_samples
     if n:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,35 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0")
     need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1")
     need(list(t.lr_milestones) == sorted(t.lr_milestones), "train.lr_milestones must be increasing")
+
+
+def ema_copy(t: TrainConfig, steps: int | None = None) -> tuple[int, float]:
+    """(step, share): the step of the EMA's last plain copy of the live weights (the last EMA
+    step at or before ema_start) and the share of the final EMA those weights still make up,
+    ema_decay ** (averaging updates since). The EMA averages over roughly the last
+    ema_every / (1 - ema_decay) steps; when that horizon is long next to the run, early,
+    barely trained weights stay in the model and its samples come out noisy."""
+    steps = t.steps if steps is None else steps
+    copied = min(steps, t.ema_start) // t.ema_every * t.ema_every
+    return copied, t.ema_decay ** (steps // t.ema_every - copied // t.ema_every)
+
+
+def ema_warning(t: TrainConfig, steps: int | None = None, limit: float = 0.01) -> str | None:
+    """One line when weights from the first half of the run make up over `limit` of the final EMA."""
+    steps = t.steps if steps is None else steps
+    copied, share = ema_copy(t, steps)
+    if share <= limit or 2 * copied >= steps:
+        return None
+    updates = steps // t.ema_every - copied // t.ema_every
+    if updates == 0:  # copied == 0: the EMA still holds the initial weights
+        return (f"train.ema_every {t.ema_every} is more than the run's {steps} steps: the EMA, which is what "
+                f"gets saved and sampled, keeps the untrained initial weights; lower ema_every (or train longer)")
+    suggest = math.floor(1000 * 0.001 ** (1 / updates)) / 1000  # leaves < 0.1 %
+    horizon = t.ema_every / (1 - t.ema_decay)
+    return (f"train.ema_decay {t.ema_decay:g} (every {t.ema_every} steps) averages over the last ~{horizon:.0f} "
+            f"steps, long for a run of {steps}: {100 * share:.0f}% of the final EMA weights would still be "
+            f"those of step {copied}, and samples come out noisy; set ema_decay to {suggest:g} or less "
+            f"(or train longer)")
 
 
 def load_config(path: str | Path | None) -> Config:
