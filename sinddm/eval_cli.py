@@ -69,8 +69,9 @@ def add_parsers(sub) -> None:
         "eval-suite", help="train and evaluate one run per image and recipe; one comparison table",
         description="For every picture in IMAGES_DIR and every --config recipe: train a run with 'sinddm "
                     "train' (a complete run in the same place is reused, an interrupted one resumed), "
-                    "evaluate it like 'sinddm eval', and write OUT/results.csv, results.md and "
-                    "results.json. Runs live in OUT/<recipe>/<image>/, their evaluations in .../eval/.")
+                    "evaluate it like 'sinddm eval', and write OUT/results.csv, results.md, "
+                    "results.json and samples.png (each run's first samples beside its training image). "
+                    "Runs live in OUT/<recipe>/<image>/, their evaluations in .../eval/.")
     s.add_argument("images", metavar="IMAGES_DIR", help="a folder of training pictures")
     s.add_argument("--config", required=True, nargs="+", metavar="YAML",
                    help="one or more recipes (YAML configs) to compare")
@@ -406,7 +407,7 @@ def cmd_eval_suite(args) -> int:
     states = {}
     for (name, _, cfg), img in plan:
         states[(name, img)] = _run_state(out / name / img.stem, cfg, img)
-    rows = []
+    rows, figure = [], []
     for k, ((name, cfg_path, cfg), img) in enumerate(plan, start=1):
         run = out / name / img.stem
         state, step = states[(name, img)]
@@ -439,8 +440,13 @@ def cmd_eval_suite(args) -> int:
             row[key_] = v if key_ == "pixel_diversity" else (v["mean"] if v else None)
         row["skipped"] = m.get("skipped", {})
         rows.append(row)
+        if (eval_dir / "samples").is_dir():
+            label = [f"{name} / {img.stem}", f"{loaded.step} steps, SWD {row['swd']:.4g}"]
+            figure.append((label, loaded.pyramid.levels[-1], _read_sample_dir(eval_dir / "samples", None)[0]))
     write_tables(out, rows, recipes, args)
-    print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and {out / 'results.json'}", file=sys.stderr)
+    render_suite_samples(out / "samples.png", figure)
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.json'} and {out / 'samples.png'}",
+          file=sys.stderr)
     return 0
 
 
@@ -660,6 +666,36 @@ def render_report(path: Path, reference: np.ndarray, samples: list[np.ndarray], 
     y += 2 * (ch + pad)
     for i, line in enumerate(legend + skipped):
         d.text((pad, y + 18 * i), line, fill=(60, 60, 60) if i < len(legend) else (160, 60, 0), font=fs)
+    page.save(path)
+
+
+SUITE_SAMPLES_PER_ROW = 6
+
+
+def render_suite_samples(path: Path, entries: list[tuple[list[str], np.ndarray, list[np.ndarray]]],
+                         row_h: int = 128) -> None:
+    """One row per run: its label lines, the training image, then its first samples, all at
+    `row_h` px tall (small pictures are enlarged without smoothing), so recipes compare by eye."""
+    from PIL import Image, ImageDraw
+
+    if not entries:
+        return
+    pad, label_w = 8, 230
+    rows = [[_fit(Image.fromarray(a), 4 * row_h, row_h) for a in [ref] + samples[:SUITE_SAMPLES_PER_ROW]]
+            for _, ref, samples in entries]
+    width = label_w + max(sum(im.width + pad for im in row) for row in rows) + pad
+    page = Image.new("RGB", (width, pad + len(rows) * (row_h + pad) + 16), "white")
+    d = ImageDraw.Draw(page)
+    f = _font(13)
+    d.text((label_w, pad // 2), "training image, then the first samples", fill=(90, 90, 90), font=_font(12))
+    for r, ((label, _, _), row) in enumerate(zip(entries, rows)):
+        y = 16 + pad + r * (row_h + pad)
+        for i, line in enumerate(label):
+            d.text((pad, y + 18 * i), line, fill="black", font=f)
+        x = label_w
+        for i, im in enumerate(row):
+            page.paste(im, (x, y))
+            x += im.width + (2 * pad if i == 0 else pad)
     page.save(path)
 
 

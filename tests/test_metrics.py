@@ -418,6 +418,18 @@ def test_eval_suite_trains_evaluates_and_tabulates(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "| smoke | a.png | 64x48 |" in md and "Skipped:" in md and "patch SWD" in md
     assert json.loads((out / "results.json").read_text())["rows"][1]["image"] == "b.png"
+    # samples.png: a row per run, each starting with its training image (64x48 enlarged to 128 px tall)
+    # followed by its samples.
+    fig = np.asarray(Image.open(out / "samples.png").convert("RGB"))
+    assert fig.shape[0] == 8 + 2 * (128 + 8) + 16
+    for r, img in enumerate(("a", "b")):
+        ref = load_model(out / "smoke" / img).pyramid.levels[-1]
+        big = np.asarray(Image.fromarray(ref).resize((171, 128), Image.NEAREST))
+        y = 24 + r * 136
+        assert np.array_equal(fig[y:y + 128, 230:230 + 171], big)
+        first = np.asarray(Image.open(out / "smoke" / img / "eval" / "samples" / "sample_000.png"))
+        tile = fig[y:y + 128, 230 + 171 + 16:230 + 171 + 16 + 171].astype(float)
+        assert abs(tile.mean() - first.mean()) < 2  # the sample, enlarged, after the training image
     capsys.readouterr()
 
     # Again: both runs and both evaluations are reused, nothing is trained.
