@@ -3,7 +3,7 @@
 #
 #     bash scripts/gpu_check.sh            # results in $OUT (default ./out)
 #
-#     PARTS=ship,bench BENCH_MODES=fp32,fast TOTAL_S=540 bash scripts/gpu_check.sh
+#     PARTS=ship,bench BENCH_MODES=fp32,fast BENCH_BUDGET=100 TOTAL_S=580 bash scripts/gpu_check.sh
 #
 # Always: optional offline wheels (.whl/*.whl -> /tmp/site), an import check, nvidia-smi.
 # Then the parts PARTS names (default bench,fast,small), in that order:
@@ -21,7 +21,7 @@
 # reported and the next one still runs. Knobs (env): OUT, PYTHON, TOTAL_S,
 # BENCH_BUDGET (s, default 215), BENCH_MODES (default fp32,fast,compile),
 # TRAIN_STEPS (default 2000), SMALL_BUDGET (s, default 90), TRAIN_IMAGE (default assets/rocket.jpg),
-# PARTS, SHIP_CONFIG, SHIP_BUDGET (s, default 330).
+# PARTS, SHIP_CONFIG, SHIP_BUDGET (s, default 360).
 
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -153,7 +153,7 @@ part_small() {  # the shipped small model's recipe on the GPU (its CPU training 
 
 part_ship() {  # the width-160 model to ship: SHIP_CONFIG on assets/hubble.jpg, seed 0, then its pictures
     local cfg=${SHIP_CONFIG:-configs/fast.yaml} run=$RUN/ship
-    TRAIN_IMAGE=assets/hubble.jpg train_part ship "${SHIP_BUDGET:-330}" \
+    TRAIN_IMAGE=assets/hubble.jpg train_part ship "${SHIP_BUDGET:-360}" \
         "model.safetensors samples_grid.png loss.png loss.csv pyramid.png config.yaml" --config "$cfg" --seed 0
     if [ ! -f "$run/model.safetensors" ]; then echo "ship: no model.safetensors (see ship/train.log)"; return; fi
     ls -l "$run/model.safetensors"; sha256sum "$run/model.safetensors" | tee "$OUT/ship/sha256.txt"
