@@ -70,7 +70,7 @@ class FastOptions:
 
 def cpu_channels_last_pays() -> bool:
     """Whether NHWC convolutions run faster here: oneDNN on an x86 CPU (measured, see
-    docs/cpu-sampling.md); elsewhere (ARM builds, no oneDNN) it is unmeasured, so no."""
+    docs/fast-sampling.md); elsewhere (ARM builds, no oneDNN) it is unmeasured, so no."""
     return torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
 
 
@@ -80,8 +80,8 @@ def sampling_options(precision: str, device: torch.device, compile: bool | None 
 
     'auto'/'fast' on CUDA: everything (`FastOptions.for_device`). On an x86 CPU with oneDNN:
     fp32 with channels_last only, the same arithmetic summed in another order (samples
-    within ~1e-4 of the exact path's) and 20-27 % faster end to end. Training on a CPU stays
-    plain: NHWC made width-160 training steps slower there.
+    within ~1e-4 of the exact path's) and 12-33 % faster (docs/fast-sampling.md). Training
+    on a CPU stays plain: NHWC made width-160 training steps slower there.
     """
     device = torch.device(device)
     if precision == "fp32":
