@@ -40,7 +40,9 @@ def test_shipped_model_samples_its_image_on_cpu(path: Path, tmp_path: Path):
 
     # Learnt, not random: the sample's 7x7 patches are closer to the training image's than
     # those of noise with the image's colour statistics, of the image's pixels shuffled, and
-    # (by far) of another photograph. An untrained or broken model's colourful noise fails all three.
+    # (by far) of another photograph. An untrained model's noise (SWD ~0.6) fails all three; subtler
+    # damage (speckle left by an EMA that kept early weights scored 0.067 against 0.060 on hubble:
+    # docs/recipe-steps/README.md) needs eyes on the gallery.
     training = loaded.pyramid.levels[-1]
     rng = np.random.default_rng(0)
     noise = np.clip(rng.normal(training.mean((0, 1)), training.std((0, 1)), sample.shape), 0, 255).astype(np.uint8)
