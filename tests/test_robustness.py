@@ -440,7 +440,7 @@ def test_cli_stops_after_too_many_nonfinite_steps(tmp_path, monkeypatch, capsys)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"image": {"max_pixels": 6000}, "model": {"dim": 4},
                                    "train": {**TINY["train"], "steps": 20, "checkpoint_every": 3, "log_every": 2,
-                                             "max_nonfinite_steps": 4}}))
+                                             "max_nonfinite_steps": 4, "ema_decay": 0.5}}))  # no EMA warning
     real, calls = Denoiser.forward, [0]
 
     def forward(self, x, t, s):
