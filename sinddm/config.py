@@ -126,18 +126,23 @@ def ema_copy(t: TrainConfig, steps: int | None = None) -> tuple[int, float]:
     ema_decay ** (averaging updates since). The EMA averages over roughly the last
     ema_every / (1 - ema_decay) steps; when that horizon is long next to the run, early,
     barely trained weights stay in the model and its samples come out noisy."""
-    steps = t.steps if steps is None else steps
+    copied, updates = _ema_copy_and_updates(t, t.steps if steps is None else steps)
+    return copied, t.ema_decay ** updates
+
+
+def _ema_copy_and_updates(t: TrainConfig, steps: int) -> tuple[int, int]:
+    """The last EMA step at or before ema_start (a plain copy) and the averaging updates after it."""
     copied = min(steps, t.ema_start) // t.ema_every * t.ema_every
-    return copied, t.ema_decay ** (steps // t.ema_every - copied // t.ema_every)
+    return copied, steps // t.ema_every - copied // t.ema_every
 
 
 def ema_warning(t: TrainConfig, steps: int | None = None, limit: float = 0.01) -> str | None:
     """One line when weights from the first half of the run make up over `limit` of the final EMA."""
     steps = t.steps if steps is None else steps
-    copied, share = ema_copy(t, steps)
+    copied, updates = _ema_copy_and_updates(t, steps)
+    share = t.ema_decay ** updates
     if share <= limit or 2 * copied >= steps:
         return None
-    updates = steps // t.ema_every - copied // t.ema_every
     if updates == 0:  # copied == 0: the EMA still holds the initial weights
         return (f"train.ema_every {t.ema_every} is more than the run's {steps} steps: the EMA, which is what "
                 f"gets saved and sampled, keeps the untrained initial weights; lower ema_every (or train longer)")

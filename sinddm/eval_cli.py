@@ -442,7 +442,8 @@ def cmd_eval_suite(args) -> int:
         rows.append(row)
         if (eval_dir / "samples").is_dir():
             label = [f"{name} / {img.stem}", f"{loaded.step} steps, SWD {row['swd']:.4g}"]
-            figure.append((label, loaded.pyramid.levels[-1], _read_sample_dir(eval_dir / "samples", None)[0]))
+            shown = min(SUITE_SAMPLES_PER_ROW, m["num_samples"])  # read only the PNGs the figure shows
+            figure.append((label, loaded.pyramid.levels[-1], _read_sample_dir(eval_dir / "samples", shown)[0]))
     write_tables(out, rows, recipes, args)
     render_suite_samples(out / "samples.png", figure)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.json'} and {out / 'samples.png'}",
@@ -681,7 +682,7 @@ def render_suite_samples(path: Path, entries: list[tuple[list[str], np.ndarray, 
     if not entries:
         return
     pad, label_w = 8, 230
-    rows = [[_fit(Image.fromarray(a), 4 * row_h, row_h) for a in [ref] + samples[:SUITE_SAMPLES_PER_ROW]]
+    rows = [[_fit(Image.fromarray(a), 4 * row_h, row_h) for a in [ref, *samples[:SUITE_SAMPLES_PER_ROW]]]
             for _, ref, samples in entries]
     width = label_w + max(sum(im.width + pad for im in row) for row in rows) + pad
     page = Image.new("RGB", (width, pad + len(rows) * (row_h + pad) + 16), "white")
