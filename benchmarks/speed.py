@@ -13,6 +13,9 @@ measured on (50x62 .. 200x249). Modes:
   fast-eager  as fast, without CUDA graphs (diagnostic: what the graphs buy)
   fast-nchw   as fast, without channels_last (diagnostic: what NHWC buys)
   compile     as fast, plus torch.compile (opt-in; measured last, under the time budget)
+  --coarse-batches 128,64 adds a 'fast-coarse' training job: the fast mode with bigger
+  batches at the coarsest scales (train.coarse_batch_sizes), i.e. what that recipe lever
+  costs per step on this card.
 CPU plan: configs/smoke.yaml and configs/cpu.yaml (if present) on assets/rocket.jpg,
 fp32 and fast (which falls back to fp32 off CUDA), and bf16 agreement emulated on the CPU.
 
@@ -236,6 +239,8 @@ class Worker:
         if spec.get("resize_wh"):
             img = img.resize(tuple(spec["resize_wh"]), Image.LANCZOS)
         cfg = load_config(REPO / spec["config"]) if spec.get("config") else Config()
+        if spec.get("coarse_batch_sizes"):
+            cfg.train.coarse_batch_sizes = list(spec["coarse_batch_sizes"])
         pyr = build_pyramid(img, cfg.image.max_pixels)
         return cfg, pyr
 
@@ -274,7 +279,8 @@ class Worker:
     def job_mode(self) -> None:
         cfg, pyr = self.load_problem()
         self.res["sizes_hw"] = [list(s) for s in pyr.sizes_hw]
-        self.res["config"] = {"dim": cfg.model.dim, "batch_size": cfg.train.batch_size, "file": self.spec.get("config")}
+        self.res["config"] = {"dim": cfg.model.dim, "batch_size": cfg.train.batch_size, "file": self.spec.get("config"),
+                              "coarse_batch_sizes": cfg.train.coarse_batch_sizes}
         self.trainer = None
         if not self.spec.get("skip_train"):
             self.section("train", lambda: self.train_section(cfg, pyr))
@@ -310,7 +316,10 @@ class Worker:
         self.reset_peak()
         tr = self.make_trainer(cfg, pyr, spec["mode"])
         self.trainer = tr
+        from sinddm.config import scale_batch_size
+
         out = self.res["train"] = {"ms_per_step": [], "first_step_s_by_scale": [], "batch": cfg.train.batch_size,
+                                   "batch_by_scale": [scale_batch_size(cfg.train, s) for s in range(pyr.n_scales)],
                                    "dim": cfg.model.dim, "status": tr.fast_status()}
         warm, reps, n = spec["train_warmup"], spec["train_repeats"], spec["train_steps"]
         for s in range(pyr.n_scales):
@@ -621,6 +630,9 @@ def plan(args, cuda: bool) -> list[tuple[dict, float]]:
             jobs.append((dict(base, name=m, kind="mode", mode=m), 150))
         if not args.skip_agree:
             jobs.append((dict(base, name="agree", kind="agree", agree_steps=10 if q else 20), 150))
+        if args.coarse_batches and not args.skip_train:
+            jobs.append((dict(base, name="fast-coarse", kind="mode", mode="fast", skip_sample=True,
+                              coarse_batch_sizes=args.coarse_batches), 150))
         if "compile" in args.modes:
             jobs.append((dict(base, name="compile", kind="mode", mode="compile"), 10_000))
         return jobs
@@ -661,7 +673,7 @@ def summarize(report: dict) -> str:
     if any("train" in v for _, v in mode_jobs):
         lines.append("")
         lines.append("TRAINING  ms per step by scale (coarsest -> finest), mean over scales = expected step")
-        lines.append(f"{'job':<22}{'batch':>6}{'dim':>5}  {'per scale':<40}{'mean':>9}{'setup_s':>9}{'peak_GB':>9}"
+        lines.append(f"{'job':<22}{'batch':>14}{'dim':>5}  {'per scale':<40}{'mean':>9}{'setup_s':>9}{'peak_GB':>9}"
                      f"  status")
         for k, v in mode_jobs:
             t = v.get("train")
@@ -672,7 +684,9 @@ def summarize(report: dict) -> str:
                                               ("graphs", st.get("cuda_graphs")), ("compile", st.get("compile")),
                                               ("fusedAdam", st.get("fused_adam"))) if on) or st.get("precision", "")
             per = " ".join(_f(x, 1) for x in t.get("ms_per_step", []))
-            lines.append(f"{k:<22}{t.get('batch', ''):>6}{t.get('dim', ''):>5}  {per:<40}"
+            bs = t.get("batch_by_scale") or [t.get("batch", "")]
+            batch = str(bs[0]) if len(set(bs)) == 1 else "/".join(map(str, bs))
+            lines.append(f"{k:<22}{batch:>14}{t.get('dim', ''):>5}  {per:<40}"
                          f"{_f(t.get('mean_ms_per_step')):>9}{_f(t.get('setup_s')):>9}{_f(t.get('peak_gb')):>9}  {flags}")
     if any("sample" in v for _, v in mode_jobs):
         lines.append("")
@@ -768,6 +782,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default=None,
                    help="comma list of fp32,fast,fast-eager,compile (default GPU: fp32,fast,fast-eager; "
                         "CPU: fp32,fast). compile is opt-in and runs last")
+    p.add_argument("--coarse-batches", default=None, metavar="B0,B1,...",
+                   help="GPU plan: also time the fast mode with these batch sizes at the coarsest scales "
+                        "(train.coarse_batch_sizes; finer scales keep 32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--budget", type=float, default=240.0, help="seconds for the whole run (default 240)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads in the workers")
@@ -775,6 +792,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         return worker_main(*args.worker)
+    if args.coarse_batches:
+        try:
+            batches = [int(b) for b in args.coarse_batches.split(",")]
+        except ValueError:
+            batches = []
+        if not batches or min(batches) < 1:
+            print(f"error: --coarse-batches {args.coarse_batches!r}: give whole numbers >= 1, e.g. 128,64",
+                  file=sys.stderr)
+            return 2
+        args.coarse_batches = batches
 
     t_start = time.time()
     import torch  # only to decide the plan; the workers do all CUDA work

@@ -7,7 +7,8 @@
 #
 # Always: optional offline wheels (.whl/*.whl -> /tmp/site), an import check, nvidia-smi.
 # Then the parts PARTS names (default bench,fast,small), in that order:
-#   bench  benchmarks/speed.py (fp32, fast, agreement, compile last)  -> speed.json, speed.txt
+#   bench  benchmarks/speed.py (fp32, fast, agreement, the fast mode with BENCH_COARSE batches
+#          at the coarsest scales, compile last)  -> speed.json, speed.txt
 #   fast   a short fast-recipe run (configs/fast.yaml, TRAIN_STEPS steps) -> fast_run/, and
 #          the same 8 samples with --precision fp32 and fast      -> samples_{fp32,fast}_grid.png
 #   small  the shipped small model's recipe (configs/small.yaml on assets/hubble.jpg) -> small_run/
@@ -19,7 +20,8 @@
 # `timeout`, and each part's limit shrinks to fit a hard total of TOTAL_S (default
 # 450 s), so the script ends in under 8 minutes whatever happens. A failing part is
 # reported and the next one still runs. Knobs (env): OUT, PYTHON, TOTAL_S,
-# BENCH_BUDGET (s, default 215), BENCH_MODES (default fp32,fast,compile),
+# BENCH_BUDGET (s, default 215), BENCH_MODES (default fp32,fast,compile), BENCH_COARSE (default
+# 128,64; empty: no such job),
 # TRAIN_STEPS (default 2000), SMALL_BUDGET (s, default 90), TRAIN_IMAGE (default assets/rocket.jpg),
 # PARTS, SHIP_CONFIG, SHIP_BUDGET (s, default 360).
 
@@ -39,6 +41,7 @@ trap pack EXIT
 TOTAL_S=${TOTAL_S:-450}
 BENCH_BUDGET=${BENCH_BUDGET:-215}
 BENCH_MODES=${BENCH_MODES:-fp32,fast,compile}
+BENCH_COARSE=${BENCH_COARSE-128,64}
 TRAIN_STEPS=${TRAIN_STEPS:-2000}
 PARTS=${PARTS:-bench,fast,small}
 T0=$(date +%s)
@@ -115,6 +118,7 @@ $PY -c "import yaml, safetensors" 2>/dev/null || { CLI_OK=0; echo "yaml/safetens
 part_bench() {  # benchmarks/speed.py (fp32, fast, agreement, compile last)
     part "benchmarks/speed.py" $(( BENCH_BUDGET + 20 )) \
         $PY benchmarks/speed.py --modes "$BENCH_MODES" --budget "$BENCH_BUDGET" --out "$OUT/speed.json" \
+        ${BENCH_COARSE:+--coarse-batches "$BENCH_COARSE"} \
         2>&1 | tee "$OUT/speed.txt"
 }
 

@@ -257,7 +257,7 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
 
 def cmd_train(args) -> int:
     from .checkpoint import atomic_write_bytes
-    from .config import ema_warning, load_config
+    from .config import ema_warning, load_config, scale_batch_size
     from .image_io import load_rgb
     from .plots import pyramid_preview
     from .pyramid import build_pyramid
@@ -292,13 +292,19 @@ def cmd_train(args) -> int:
         trainer.config.train.steps = steps
         atomic_write_bytes(out / "config.yaml", trainer.config.to_yaml().encode())
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
+    batches = [scale_batch_size(trainer.config.train, s) for s in range(trainer.pyramid.n_scales)]
+    batch = str(batches[0]) if len(set(batches)) == 1 else "/".join(map(str, batches)) + " (coarse to fine)"
     print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
-          f"{trainer.config.model.dim}, batch {trainer.config.train.batch_size}, precision {trainer.precision}, "
+          f"{trainer.config.model.dim}, batch {batch}, precision {trainer.precision}, "
           f"steps {trainer.step} -> {steps}",
           file=sys.stderr)
     warning = ema_warning(trainer.config.train, steps)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    unused = len(trainer.config.train.coarse_batch_sizes) - trainer.pyramid.n_scales
+    if unused > 0:
+        print(f"warning: train.coarse_batch_sizes lists {unused} more batch size(s) than this image has scales "
+              f"({trainer.pyramid.n_scales}); the extra ones are unused", file=sys.stderr)
     trainer.train(steps, progress=not args.quiet)
     n = trainer.config.train.grid_samples
     if n:

@@ -27,6 +27,10 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 120_000
     batch_size: int = 32
+    # Batch sizes for the coarsest scales, from scale 0 on; finer scales use batch_size.
+    # Empty (the paper): batch_size everywhere. A recipe lever: coarse scales are small,
+    # so on a GPU a bigger batch there costs little (docs/recipe-steps/README.md).
+    coarse_batch_sizes: list[int] = field(default_factory=list)
     lr: float = 1e-3
     lr_milestones: list[int] = field(default_factory=lambda: [20_000, 40_000, 70_000, 80_000, 90_000, 110_000])
     lr_gamma: float = 0.5
@@ -107,6 +111,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     t = cfg.train
     need(t.steps >= 1, "train.steps must be >= 1")
     need(t.batch_size >= 1, "train.batch_size must be >= 1")
+    need(all(b >= 1 for b in t.coarse_batch_sizes), "train.coarse_batch_sizes must all be >= 1")
     need(t.lr > 0, "train.lr must be > 0")
     need(0 < t.lr_gamma <= 1, "train.lr_gamma must be in (0, 1]")
     need(0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)")
@@ -118,6 +123,11 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0")
     need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1")
     need(list(t.lr_milestones) == sorted(t.lr_milestones), "train.lr_milestones must be increasing")
+
+
+def scale_batch_size(t: TrainConfig, scale: int) -> int:
+    """The training batch at `scale`: coarse_batch_sizes[scale] where given, else batch_size."""
+    return t.coarse_batch_sizes[scale] if scale < len(t.coarse_batch_sizes) else t.batch_size
 
 
 def ema_copy(t: TrainConfig, steps: int | None = None) -> tuple[int, float]:

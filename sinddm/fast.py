@@ -216,13 +216,14 @@ class StaticTrainStep:
     """
 
     def __init__(self, loss_fn: LossFn, params: Sequence[nn.Parameter], sizes_hw: list[tuple[int, int]],
-                 batch: int, timesteps: int, device: torch.device, graphs: bool):
+                 batch: int | Sequence[int], timesteps: int, device: torch.device, graphs: bool):
         self.loss_fn, self.timesteps, self.device = loss_fn, timesteps, torch.device(device)
         self.params = list(params)
         self.n_scales = len(sizes_hw)
+        batches = [batch] * self.n_scales if isinstance(batch, int) else list(batch)  # per scale
         # Valid contents from the start: warm-up and capture read them before any draw.
-        self.t = [torch.zeros(batch, dtype=torch.long, device=device) for _ in sizes_hw]
-        self.noise = [torch.zeros((batch, 3, h, w), device=device) for h, w in sizes_hw]
+        self.t = [torch.zeros(b, dtype=torch.long, device=device) for b in batches]
+        self.noise = [torch.zeros((b, 3, h, w), device=device) for b, (h, w) in zip(batches, sizes_hw)]
         self.loss_out = torch.zeros((), device=device)
         self.grads = [torch.zeros_like(p) for p in self.params]  # preserve_format: NHWC stays NHWC
         self.use_graphs = graphs

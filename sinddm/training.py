@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
                          load_latest_train_state, pyramid_from_state, pyramid_to_state, remove_stale_temporaries,
                          save_model, save_train_state)
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, scale_batch_size
 from .errors import UserError
 from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
 from .model import Denoiser
@@ -158,7 +158,7 @@ class Trainer:
     def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
         """A random scale (or `scale`), then t and noise for it."""
         s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen)) if scale is None else scale
-        b = self.config.train.batch_size
+        b = scale_batch_size(self.config.train, s)
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.noise_gen, device=self.device)
         noise = torch.randn((b, *self.clean[s].shape[1:]), generator=self.noise_gen, device=self.device)
         return s, t, noise
@@ -169,8 +169,9 @@ class Trainer:
 
     def _static_step(self) -> StaticTrainStep:
         if self._static is None:
+            batches = [scale_batch_size(self.config.train, s) for s in range(self.pyramid.n_scales)]
             self._static = StaticTrainStep(self._loss, list(self.model.parameters()), self.pyramid.sizes_hw,
-                                           self.config.train.batch_size, self.schedule.num_timesteps,
+                                           batches, self.schedule.num_timesteps,
                                            self.device, graphs=self.fast.graphs)
         return self._static
 

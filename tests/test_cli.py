@@ -164,6 +164,19 @@ def test_train_overwrite_replaces_the_run(tmp_path, tiny_config, capsys):
     assert "samples_grid.png" not in listing(out)  # grid_samples: 0
 
 
+def test_train_reports_per_scale_batches_and_unused_entries(tmp_path, tiny_config, capsys):
+    data = yaml.safe_load(tiny_config.read_text())
+    data["train"]["coarse_batch_sizes"] = [3, 1, 5]  # the tiny image has 2 scales: 5 is unused
+    cfg = tmp_path / "coarse.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    assert cli("train", SMALL, "--config", cfg, "--out", tmp_path / "run", "--steps", 1, "--device", "cpu",
+               "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "batch 3/1 (coarse to fine)" in err
+    assert "warning: train.coarse_batch_sizes lists 1 more batch size(s) than this image has scales (2)" in err
+    assert load_config(tmp_path / "run" / "config.yaml").train.coarse_batch_sizes == [3, 1, 5]
+
+
 def _tensors(path):
     return {k: v.clone() for k, v in load_file(str(path)).items()}
 

@@ -148,6 +148,24 @@ def test_static_step_engine_matches_fp32_exactly(pyramid, tmp_path):
     assert all(p.grad is g for p, g in zip(b.model.parameters(), b._static.grads))
 
 
+def test_coarse_batch_sizes_per_scale_in_both_step_engines(pyramid, tmp_path):
+    """train.coarse_batch_sizes: scale 0 trains on 5 copies, scale 1 on batch_size (2), in the
+    fp32 trainer and in the static-buffer engine alike, with the same draws and weights."""
+    cfg = tiny_config(coarse_batch_sizes=[5])
+    a = Trainer(cfg, pyramid, tmp_path / "a", CPU, seed=3)
+    b = Trainer(cfg, pyramid, tmp_path / "b", CPU, seed=3, fast_options=EAGER_FP32)
+    assert [a.draw_batch(s)[2].shape[0] for s in (0, 1)] == [5, 2]
+    a.noise_gen.manual_seed(4)  # undo those draws
+    for s in (0, 1, None, None, None, 0):
+        assert torch.equal(a.train_step(scale=s), b.train_step(scale=s))
+    assert [n.shape[0] for n in b._static.noise] == [5, 2]
+    assert [t.shape[0] for t in b._static.t] == [5, 2]
+    assert_same_state(a, b)
+    # A different batch changes the run: the option is not silently ignored.
+    c = Trainer(tiny_config(), pyramid, tmp_path / "c", CPU, seed=3)
+    assert not torch.equal(c.train_step(scale=0), Trainer(cfg, pyramid, tmp_path / "d", CPU, seed=3).train_step(scale=0))
+
+
 def test_fast_trainer_bf16_emulated_on_cpu_tracks_fp32(pyramid, tmp_path):
     """bf16 autocast + channels_last (CPU emulation of the GPU arithmetic): same draws,
     losses within the stated tolerance of fp32 over a few steps."""

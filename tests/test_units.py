@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from sinddm.config import Config, config_from_dict, load_config
+from sinddm.config import Config, config_from_dict, load_config, scale_batch_size
 from sinddm.errors import UserError
 from sinddm.image_io import load_rgb, make_grid, to_tensor, to_uint8
 from sinddm.pyramid import build_pyramid, sample_sizes
@@ -95,6 +95,13 @@ def test_smoke_config_loads():
     assert cfg.model.dim == 16 and cfg.image.max_pixels == 10_000 and cfg.train.lr_milestones == [40]
 
 
+def test_scale_batch_size_coarse_list_then_batch_size():
+    cfg = config_from_dict({"train": {"batch_size": 4, "coarse_batch_sizes": [16, 8]}})
+    assert [scale_batch_size(cfg.train, s) for s in range(5)] == [16, 8, 4, 4, 4]
+    paper = Config().train
+    assert paper.coarse_batch_sizes == [] and [scale_batch_size(paper, s) for s in range(5)] == [32] * 5
+
+
 def test_config_yaml_round_trip():
     cfg = config_from_dict({"model": {"dim": 12}, "train": {"lr_milestones": [3, 7], "ema_decay": 0.5}})
     assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
@@ -115,6 +122,8 @@ def test_config_yaml_round_trip():
     ({"train": {"steps": -5}}, ["train.steps", ">= 1"]),
     ({"train": {"steps": 0}}, ["train.steps", ">= 1"]),
     ({"train": {"batch_size": 0}}, ["train.batch_size", ">= 1"]),
+    ({"train": {"coarse_batch_sizes": [8, 0]}}, ["train.coarse_batch_sizes", ">= 1"]),
+    ({"train": {"coarse_batch_sizes": 8}}, ["train.coarse_batch_sizes", "expected list"]),
     ({"model": {"dim": 7}}, ["model.dim", "even"]),
     ({"model": {"dim": 0}}, ["model.dim", "even"]),
     ({"image": {"max_pixels": 1000}}, ["image.max_pixels"]),
