@@ -3,7 +3,7 @@
 #
 #     bash scripts/gpu_check.sh            # results in $OUT (default ./out)
 #
-#     PARTS=ship,bench BENCH_MODES=fp32,fast BENCH_BUDGET=100 TOTAL_S=580 bash scripts/gpu_check.sh
+#     PARTS=ship,bench BENCH_MODES=fp32,fast BENCH_BUDGET=130 TOTAL_S=580 bash scripts/gpu_check.sh
 #
 # Always: optional offline wheels (.whl/*.whl -> /tmp/site), an import check, nvidia-smi.
 # Then the parts PARTS names (default bench,fast,small), in that order:
