@@ -316,10 +316,10 @@ class Worker:
         self.reset_peak()
         tr = self.make_trainer(cfg, pyr, spec["mode"])
         self.trainer = tr
-        from sinddm.config import scale_batch_size
+        from sinddm.config import scale_batch_sizes
 
         out = self.res["train"] = {"ms_per_step": [], "first_step_s_by_scale": [], "batch": cfg.train.batch_size,
-                                   "batch_by_scale": [scale_batch_size(cfg.train, s) for s in range(pyr.n_scales)],
+                                   "batch_by_scale": scale_batch_sizes(cfg.train, pyr.n_scales),
                                    "dim": cfg.model.dim, "status": tr.fast_status()}
         warm, reps, n = spec["train_warmup"], spec["train_repeats"], spec["train_steps"]
         for s in range(pyr.n_scales):

@@ -257,7 +257,7 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
 
 def cmd_train(args) -> int:
     from .checkpoint import atomic_write_bytes
-    from .config import ema_warning, load_config, scale_batch_size
+    from .config import ema_warning, load_config, scale_batch_sizes
     from .image_io import load_rgb
     from .plots import pyramid_preview
     from .pyramid import build_pyramid
@@ -292,7 +292,7 @@ def cmd_train(args) -> int:
         trainer.config.train.steps = steps
         atomic_write_bytes(out / "config.yaml", trainer.config.to_yaml().encode())
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
-    batches = [scale_batch_size(trainer.config.train, s) for s in range(trainer.pyramid.n_scales)]
+    batches = scale_batch_sizes(trainer.config.train, trainer.pyramid.n_scales)
     batch = str(batches[0]) if len(set(batches)) == 1 else "/".join(map(str, batches)) + " (coarse to fine)"
     print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
           f"{trainer.config.model.dim}, batch {batch}, precision {trainer.precision}, "

@@ -130,6 +130,11 @@ def scale_batch_size(t: TrainConfig, scale: int) -> int:
     return t.coarse_batch_sizes[scale] if scale < len(t.coarse_batch_sizes) else t.batch_size
 
 
+def scale_batch_sizes(t: TrainConfig, n_scales: int) -> list[int]:
+    """The training batch at every scale of an `n_scales` pyramid, coarsest first."""
+    return [scale_batch_size(t, s) for s in range(n_scales)]
+
+
 def ema_copy(t: TrainConfig, steps: int | None = None) -> tuple[int, float]:
     """(step, share): the step of the EMA's last plain copy of the live weights (the last EMA
     step at or before ema_start) and the share of the final EMA those weights still make up,

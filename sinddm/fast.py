@@ -206,21 +206,20 @@ LossFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 class StaticTrainStep:
     """Forward + backward of one training step on static per-scale buffers.
 
-    `loss_fn(scale, t, noise)` returns the scalar loss. With `graphs`, each scale's
-    forward + backward is captured in a CUDA graph the first time that scale comes up
-    (so start-up cost is spread out and a slow first compile of one shape does not hold
-    up the others); without, the same code runs eagerly on the same buffers (the
-    CPU-testable path).
+    `batches` is the batch at each scale, coarsest first. `loss_fn(scale, t, noise)` returns
+    the scalar loss. With `graphs`, each scale's forward + backward is captured in a CUDA
+    graph the first time that scale comes up (so start-up cost is spread out and a slow
+    first compile of one shape does not hold up the others); without, the same code runs
+    eagerly on the same buffers (the CPU-testable path).
     After `run`, the parameters' `.grad` hold this step's gradients and the returned
     tensor the loss; the caller steps the optimizer.
     """
 
     def __init__(self, loss_fn: LossFn, params: Sequence[nn.Parameter], sizes_hw: list[tuple[int, int]],
-                 batch: int | Sequence[int], timesteps: int, device: torch.device, graphs: bool):
+                 batches: Sequence[int], timesteps: int, device: torch.device, graphs: bool):
         self.loss_fn, self.timesteps, self.device = loss_fn, timesteps, torch.device(device)
         self.params = list(params)
         self.n_scales = len(sizes_hw)
-        batches = [batch] * self.n_scales if isinstance(batch, int) else list(batch)  # per scale
         # Valid contents from the start: warm-up and capture read them before any draw.
         self.t = [torch.zeros(b, dtype=torch.long, device=device) for b in batches]
         self.noise = [torch.zeros((b, 3, h, w), device=device) for b, (h, w) in zip(batches, sizes_hw)]

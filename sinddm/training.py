@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
                          load_latest_train_state, pyramid_from_state, pyramid_to_state, remove_stale_temporaries,
                          save_model, save_train_state)
-from .config import Config, config_from_dict, scale_batch_size
+from .config import Config, config_from_dict, scale_batch_size, scale_batch_sizes
 from .errors import UserError
 from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
 from .model import Denoiser
@@ -169,9 +169,9 @@ class Trainer:
 
     def _static_step(self) -> StaticTrainStep:
         if self._static is None:
-            batches = [scale_batch_size(self.config.train, s) for s in range(self.pyramid.n_scales)]
             self._static = StaticTrainStep(self._loss, list(self.model.parameters()), self.pyramid.sizes_hw,
-                                           batches, self.schedule.num_timesteps,
+                                           scale_batch_sizes(self.config.train, self.pyramid.n_scales),
+                                           self.schedule.num_timesteps,
                                            self.device, graphs=self.fast.graphs)
         return self._static
 
