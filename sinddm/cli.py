@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES = ["sinddm.eval_cli"]
+COMMAND_MODULES = ["sinddm.eval_cli", "sinddm.eval_compare"]
 
 
 def _command_modules() -> list:

@@ -11,6 +11,7 @@ results.csv / results.md / results.json: the protocol for comparing recipes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -80,6 +81,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--num", type=_positive_int("--num"), default=DEFAULT_NUM,
                    help=f"samples per run (default {DEFAULT_NUM})")
     s.add_argument("--seed", type=_seed, default=0, help="training and sampling seed (default 0)")
+    s.add_argument("--baseline", metavar="RECIPE",
+                   help="recipe (config file name without .yaml) that results.md compares every other recipe "
+                        "with, sample by sample, as 'sinddm eval-compare' (default: the first --config)")
     add_common_arguments(s)
 
 
@@ -161,6 +165,8 @@ def evaluate_run(loaded, out: Path, *, num: int | None, seed: int, samples_dir: 
         "model": str(loaded.path),
         "model_step": loaded.step,
         "training_image_hw": list(reference.shape[:2]),
+        # identifies the picture, so that 'sinddm eval-compare' pairs only evaluations of the same one
+        "reference_sha256": hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest(),
         "num_samples": len(samples),
         "sample_hw": list(next(iter(sizes))) if len(sizes) == 1 else None,
         "samples": source,
@@ -398,6 +404,11 @@ def cmd_eval_suite(args) -> int:
     _check_weights(args.inception_weights)
     images = _list_images(Path(args.images))
     recipes = _recipes(args.config, args.steps)
+    names = [name for name, _, _ in recipes]
+    if args.baseline is not None and args.baseline not in names:
+        raise UserError(f"--baseline '{args.baseline}': not one of the recipes ({', '.join(names)}); "
+                        "give a config's file name without .yaml")
+    baseline = args.baseline or (names[0] if len(names) > 1 else None)
     out = Path(args.out) if args.out else Path("runs") / "eval-suite"
     if out.exists() and not out.is_dir():
         raise UserError(f"suite folder '{out}': exists and is not a folder; choose another --out")
@@ -407,7 +418,7 @@ def cmd_eval_suite(args) -> int:
     states = {}
     for (name, _, cfg), img in plan:
         states[(name, img)] = _run_state(out / name / img.stem, cfg, img)
-    rows, figure = [], []
+    rows, figure, evals = [], [], {}
     for k, ((name, cfg_path, cfg), img) in enumerate(plan, start=1):
         run = out / name / img.stem
         state, step = states[(name, img)]
@@ -440,11 +451,13 @@ def cmd_eval_suite(args) -> int:
             row[key_] = v if key_ == "pixel_diversity" else (v["mean"] if v else None)
         row["skipped"] = m.get("skipped", {})
         rows.append(row)
+        evals[(name, img.name)] = m
         if (eval_dir / "samples").is_dir():
             label = [f"{name} / {img.stem}", f"{loaded.step} steps, SWD {row['swd']:.4g}"]
             shown = min(SUITE_SAMPLES_PER_ROW, m["num_samples"])  # read only the PNGs the figure shows
             figure.append((label, loaded.pyramid.levels[-1], _read_sample_dir(eval_dir / "samples", shown)[0]))
-    write_tables(out, rows, recipes, args)
+    paired = _paired_rows(evals, baseline, names, [img.name for img in images]) if baseline else []
+    write_tables(out, rows, recipes, args, baseline, paired)
     render_suite_samples(out / "samples.png", figure)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.json'} and {out / 'samples.png'}",
           file=sys.stderr)
@@ -471,6 +484,64 @@ def _mean_rows(rows: list[dict], recipes) -> list[dict]:
     return out
 
 
+PAIRED_METRICS = ["swd", "sifid64", "sifid192"]
+
+
+def _paired_rows(evals: dict, baseline: str, recipes: list[str], images: list[str]) -> list[dict]:
+    """Per recipe and image: paired differences against the baseline recipe's run on that image;
+    with several images a '(mean)' row averages them (standard errors combined as independent)."""
+    from .eval_compare import compare
+
+    out = []
+    for name in recipes:
+        if name == baseline:
+            continue
+        mine = []
+        for img in images:
+            c = compare(evals[(baseline, img)], evals[(name, img)], f"{baseline}/{img}", f"{name}/{img}")
+            row = {"recipe": name, "image": img, "pairs": c["pairs"]}
+            for k in PAIRED_METRICS:
+                d = c["metrics"][k]
+                row[k] = None if d is None else {"mean": d["mean"], "se": d["se"]}
+            pd = c["pixel_diversity"]
+            row["pixel_diversity"] = (None if pd["base"] is None or pd["other"] is None
+                                      else pd["other"] - pd["base"])
+            mine.append(row)
+        out += mine
+        if len(mine) > 1:
+            mean = {"recipe": name, "image": "(mean)", "pairs": sum(r["pairs"] for r in mine)}
+            for k in PAIRED_METRICS:
+                ds = [r[k] for r in mine]
+                mean[k] = None if None in ds else {
+                    "mean": sum(d["mean"] for d in ds) / len(ds),
+                    "se": math.sqrt(sum(d["se"] ** 2 for d in ds)) / len(ds)}
+            pds = [r["pixel_diversity"] for r in mine]
+            mean["pixel_diversity"] = None if None in pds else sum(pds) / len(pds)
+            out.append(mean)
+    return out
+
+
+def _paired_lines(baseline: str, paired: list[dict], args) -> list[str]:
+    from .eval_compare import plus_minus
+
+    metrics = [k for k in PAIRED_METRICS if any(r[k] is not None for r in paired)]
+    lines = ["", f"## Paired differences against `{baseline}`", "",
+             f"Each run's per-sample metric minus that of the `{baseline}` run on the same picture, averaged "
+             f"over the {args.num} samples; every run draws its samples with seed {args.seed}, so sample i "
+             "of two runs starts from the same noise and most of the sample-to-sample spread cancels. "
+             "± is the standard error of that mean (negative = better than the baseline for these "
+             "metrics); `sinddm eval-compare` gives the full comparison of two runs.", "",
+             "| recipe | image | " + " | ".join(f"Δ {METRIC_INFO[k][0]}" for k in metrics)
+             + f" | Δ {METRIC_INFO['pixel_diversity'][0]} |",
+             "|---|---|" + "---:|" * (len(metrics) + 1)]
+    for r in paired:
+        cells = ["–" if r[k] is None else plus_minus(r[k]["mean"], r[k]["se"]) for k in metrics]
+        pd = r["pixel_diversity"]
+        cells.append("–" if pd is None else f"{pd:+.3f}")
+        lines.append(f"| {r['recipe']} | {r['image']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _fmt_cell(key: str, v) -> str:
     if v is None:
         return "–"
@@ -481,7 +552,8 @@ def _fmt_cell(key: str, v) -> str:
     return str(v)
 
 
-def write_tables(out: Path, rows: list[dict], recipes, args) -> None:
+def write_tables(out: Path, rows: list[dict], recipes, args, baseline: str | None = None,
+                 paired: list[dict] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     means = _mean_rows(rows, recipes)
     buf = io.StringIO()
@@ -508,8 +580,13 @@ def write_tables(out: Path, rows: list[dict], recipes, args) -> None:
         lines += ["", "Skipped: " + "; ".join(reasons) + "."]
     lines += ["", "Metric definitions: " + "; ".join(f"**{METRIC_INFO[k][0]}**: {METRIC_INFO[k][1]}"
                                                      for k in TABLE_METRICS) + "."]
+    if paired:
+        lines += _paired_lines(baseline, paired, args)
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(_json_clean({"rows": rows, "means": means}), indent=1) + "\n")
+    doc = {"rows": rows, "means": means}
+    if paired:
+        doc["paired"] = {"baseline": baseline, "rows": paired}
+    (out / "results.json").write_text(json.dumps(_json_clean(doc), indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------

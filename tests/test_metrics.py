@@ -6,8 +6,10 @@ weight file in the real hub cache cannot change what the tests see.
 """
 
 import csv
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,6 +301,26 @@ def test_evaluate_skips_sifid_cleanly_without_weights(land):
     assert M.evaluate(land, samples)["per_sample"] == r["per_sample"]  # deterministic
 
 
+def test_paired_difference_cancels_what_the_pairs_share():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0.06, 0.01, 24)  # the spread that comes from the sample itself
+    base = shared + rng.normal(0, 0.0005, 24)
+    other = shared - 0.002 + rng.normal(0, 0.0005, 24)
+    d = M.paired_difference(list(base), list(other))
+    diff = other - base
+    assert d["n"] == 24 and d["mean"] == pytest.approx(diff.mean(), abs=1e-15)
+    assert d["se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(24))
+    assert d["unpaired_se"] == pytest.approx(math.sqrt((base.var(ddof=1) + other.var(ddof=1)) / 24))
+    assert d["base_mean"] == pytest.approx(base.mean()) and d["other_mean"] == pytest.approx(other.mean())
+    assert d["se"] < d["unpaired_se"] / 5 and abs(d["mean"] + 0.002) < 3 * d["se"]
+    # a pair with a missing or non-finite value is dropped, and fewer than 2 pairs give None
+    d = M.paired_difference([1.0, None, 3.0, 4.0], [2.0, 5.0, float("nan"), 6.0])
+    assert d["n"] == 2 and d["mean"] == 1.5
+    assert M.paired_difference([1.0, None], [2.0, 3.0]) is None
+    with pytest.raises(ValueError):
+        M.paired_difference([1.0, 2.0], [1.0])
+
+
 # ---------------------------------------------------------------------------------------
 # CLI: sinddm eval
 # ---------------------------------------------------------------------------------------
@@ -328,6 +350,8 @@ def test_eval_writes_metrics_and_report(tiny_run, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["format"] == "sinddm-eval/1" and m["model_step"] == 2 and m["num_samples"] == 3
     assert m["training_image_hw"] == m["sample_hw"] == [67, 89]
+    ref = load_model(tiny_run).pyramid.levels[-1]
+    assert m["reference_sha256"] == hashlib.sha256(np.ascontiguousarray(ref).tobytes()).hexdigest()
     assert m["samples"]["source"] == "generated" and m["samples"]["seed"] == 0
     assert [r["file"] for r in m["per_sample"]] == [f"sample_{i:03d}.png" for i in range(3)]
     for r in m["per_sample"]:
@@ -389,6 +413,70 @@ def test_eval_bad_input(tiny_run, tmp_path, capsys, extra, words):
 def test_eval_of_a_missing_run(tmp_path, capsys):
     assert cli("eval", tmp_path / "nope", "--device", "cpu") == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# CLI: sinddm eval-compare
+# ---------------------------------------------------------------------------------------
+
+def _eval_folder(tiny_run, tmp_path, name, pictures) -> "Path":
+    folder = tmp_path / f"{name}-png"
+    folder.mkdir()
+    for i, a in enumerate(pictures):
+        Image.fromarray(np.ascontiguousarray(a)).save(folder / f"s{i}.png")
+    assert cli("eval", tiny_run, "--samples", folder, "--out", tmp_path / name, "--device", "cpu", "--quiet") == 0
+    return tmp_path / name
+
+
+def test_eval_compare_pairs_samples_by_file(tiny_run, tmp_path, capsys):
+    ref = load_model(tiny_run).pyramid.levels[-1]
+    base = _eval_folder(tiny_run, tmp_path, "base", [shuffle_tiles(ref, 8, seed) for seed in range(3)])
+    other = _eval_folder(tiny_run, tmp_path, "other", [ref, ref[:, ::-1], shuffle_tiles(ref, 16, 5)])
+    capsys.readouterr()
+    assert cli("eval-compare", base, other / "metrics.json", "--json", tmp_path / "c.json") == 0
+    out = capsys.readouterr().out
+    assert f"{other / 'metrics.json'} - {base}: 3 pairs, not drawn with one sampling seed" in out
+    assert "patch SWD" in out and "SIFID-64" in out and "skipped" in out
+    doc = json.loads((tmp_path / "c.json").read_text())
+    a = [r["swd"] for r in json.loads((base / "metrics.json").read_text())["per_sample"]]
+    b = [r["swd"] for r in json.loads((other / "metrics.json").read_text())["per_sample"]]
+    (c,) = doc["comparisons"]
+    assert c["pairs"] == 3 and c["same_seed"] is False and c["metrics"]["sifid64"] is None
+    d = np.array(b) - np.array(a)
+    assert b[0] == 0.0 and c["metrics"]["swd"]["mean"] == pytest.approx(d.mean())
+    assert c["metrics"]["swd"]["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+
+    # Drawn samples: two evaluations of one model with one seed are the same pictures, so every
+    # difference is exactly 0; a run folder is found through its eval/metrics.json.
+    assert cli("eval", tiny_run, "--num", 2, *fast_t(tiny_run), "--out", tmp_path / "d1", "--device", "cpu",
+               "--quiet") == 0
+    assert cli("eval", tiny_run, "--num", 2, *fast_t(tiny_run), "--out", tmp_path / "d2", "--device", "cpu",
+               "--quiet") == 0
+    capsys.readouterr()
+    assert cli("eval-compare", tmp_path / "d1", tmp_path / "d2", "--json", tmp_path / "d.json") == 0
+    assert "2 pairs, both drawn with sampling seed 0" in capsys.readouterr().out
+    (c,) = json.loads((tmp_path / "d.json").read_text())["comparisons"]
+    assert c["same_seed"] and c["metrics"]["swd"]["mean"] == 0.0 and c["metrics"]["swd"]["se"] == 0.0
+
+
+def test_eval_compare_refuses_what_does_not_pair(tiny_run, tmp_path, capsys):
+    ref = load_model(tiny_run).pyramid.levels[-1]
+    base = _eval_folder(tiny_run, tmp_path, "base", [ref, ref[::-1]])
+    fewer = _eval_folder(tiny_run, tmp_path, "fewer", [ref])
+    m = json.loads((base / "metrics.json").read_text())
+    m["reference_sha256"] = "0" * 64
+    (tmp_path / "elsewhere.json").write_text(json.dumps(m))
+    (tmp_path / "junk.json").write_text('{"format": "something else"}')
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    for other, words in [(fewer, "its 1 samples are not the 2"), (tmp_path / "elsewhere.json", "another training picture"),
+                         (tmp_path / "junk.json", "not a 'sinddm eval' metrics file"),
+                         (tmp_path / "empty", "holds no metrics.json"), (tmp_path / "nope", "no such file")]:
+        assert cli("eval-compare", base, other, "--json", tmp_path / "never.json") == 2
+        cap = capsys.readouterr()
+        err = cap.err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and words in err[0], (other, err)
+        assert cap.out == "" and not (tmp_path / "never.json").exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,7 +544,39 @@ def test_eval_suite_trains_evaluates_and_tabulates(tmp_path, capsys):
     assert "different recipe" in capsys.readouterr().err
 
 
+def test_eval_suite_tabulates_paired_differences_against_the_baseline(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(load(SMALL)[10:58, 20:84]).save(images / "a.png")
+    Image.fromarray(load(LAND)[50:98, 60:124]).save(images / "b.png")
+    cfg = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+    cfg["train"]["lr"] = 1e-2
+    (tmp_path / "hot.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "suite"
+    assert cli("eval-suite", images, "--config", tmp_path / "hot.yaml", CONFIGS / "smoke.yaml", "--baseline",
+               "smoke", "--out", out, "--num", 3, "--steps", 2, "--device", "cpu", "--quiet") == 0
+    paired = json.loads((out / "results.json").read_text())["paired"]
+    assert paired["baseline"] == "smoke"
+    assert [(r["recipe"], r["image"]) for r in paired["rows"]] == [("hot", "a.png"), ("hot", "b.png"),
+                                                                  ("hot", "(mean)")]
+    for r in paired["rows"][:2]:
+        per = {k: [x["swd"] for x in json.loads((out / k / Path(r["image"]).stem / "eval" / "metrics.json")
+                                                .read_text())["per_sample"]] for k in ("smoke", "hot")}
+        d = np.array(per["hot"]) - np.array(per["smoke"])
+        assert r["pairs"] == 3 and d.std() > 0  # a different LR gives different samples from the same noise
+        assert r["swd"]["mean"] == pytest.approx(d.mean()) and r["swd"]["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+        assert r["sifid64"] is None
+    a, b, mean = paired["rows"]
+    assert mean["swd"]["mean"] == pytest.approx((a["swd"]["mean"] + b["swd"]["mean"]) / 2)
+    assert mean["swd"]["se"] == pytest.approx(math.hypot(a["swd"]["se"], b["swd"]["se"]) / 2)
+    md = (out / "results.md").read_text()
+    assert "## Paired differences against `smoke`" in md and "| recipe | image | Δ patch SWD | Δ pixel div. |" in md
+    assert md.count("| hot |") == 3 + 3  # three rows in each table
+
+
 @pytest.mark.parametrize("setup, argv, words", [
+    ("one", ["{tmp}/imgs", "--config", str(CONFIGS / "smoke.yaml"), "--baseline", "paper"],
+     "not one of the recipes"),
     (None, ["{tmp}/nowhere", "--config", str(CONFIGS / "smoke.yaml")], "no such folder"),
     ("empty", ["{tmp}/imgs", "--config", str(CONFIGS / "smoke.yaml")], "no pictures"),
     ("one", ["{tmp}/imgs", "--config", "{tmp}/missing.yaml"], "no such file"),
