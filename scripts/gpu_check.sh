@@ -160,6 +160,8 @@ part_ship() {  # the width-160 model to ship: SHIP_CONFIG on assets/hubble.jpg, 
     TRAIN_IMAGE=assets/hubble.jpg train_part ship "${SHIP_BUDGET:-360}" \
         "model.safetensors samples_grid.png loss.png loss.csv pyramid.png config.yaml" --config "$cfg" --seed 0
     if [ ! -f "$run/model.safetensors" ]; then echo "ship: no model.safetensors (see ship/train.log)"; return; fi
+    # the part's timeout sends SIGTERM, which saves the step reached: such a model is not the recipe's
+    grep -a "stopped by SIGTERM" "$OUT/ship/train.log" && echo "ship: PARTIAL model (the time limit stopped training)"
     ls -l "$run/model.safetensors"; sha256sum "$run/model.safetensors" | tee "$OUT/ship/sha256.txt"
     for hw in "1 1" "1 2" "2 1"; do
         part "ship: sample 4 at ${hw/ /x}" 30 $PY -m sinddm sample "$run" --num 4 --seed 0 --scale-hw $hw \

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 
 EPILOG = "Docs and examples: README.md. Paper: Kulikov et al., SinDDM, ICML 2023."
 
@@ -554,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except TrainingStopped as e:
+        print(f"{e}: saved {e.out_dir} (checkpoint.pt, model.safetensors); continue it with "
+              f"'sinddm train IMAGE --out {e.out_dir} --resume'", file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":

@@ -1,5 +1,16 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exceptions the CLI turns into a one-line message and an exit code (no traceback)."""
+
+import signal
+from pathlib import Path
 
 
 class UserError(Exception):
-    """Bad input from the user: the message names the input and what to do."""
+    """Bad input from the user: the message names the input and what to do (exit code 2)."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on SIGINT/SIGTERM after saving the state at `step` (exit 128 + signum)."""
+
+    def __init__(self, step: int, signum: int, out_dir: Path):
+        self.step, self.signum, self.out_dir = step, signum, out_dir
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")

@@ -24,6 +24,8 @@ Reliability (see also `sinddm.checkpoint`):
 from __future__ import annotations
 
 import io
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
                          load_latest_train_state, pyramid_from_state, pyramid_to_state, remove_stale_temporaries,
                          save_model, save_train_state)
 from .config import Config, config_from_dict, scale_batch_size, scale_batch_sizes
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
 from .model import Denoiser
 from .pyramid import Pyramid
@@ -83,6 +85,39 @@ def resolve_device(name: str) -> torch.device:
 
 class NonFiniteLoss(UserError):
     """Training stopped: the loss was NaN/inf for train.max_nonfinite_steps steps in a row."""
+
+
+class _StopRequests:
+    """While active, SIGINT and SIGTERM ask the loop to stop at the end of the current step
+    (so a save is never torn and the stop point resumes exactly); a second signal stops at
+    once with KeyboardInterrupt. A no-op outside the main thread, where Python cannot
+    install handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 class Trainer:
@@ -298,6 +333,17 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self, total_steps: int | None = None, progress: bool = True) -> None:
+        """Train up to `total_steps` (default: the config's) and save.
+
+        SIGINT (Ctrl-C) or SIGTERM (`timeout`, a batch scheduler) ends the loop after the
+        current step; the state is saved as at any checkpoint, then TrainingStopped is
+        raised, and `Trainer.resume` continues exactly from there."""
+        with _StopRequests() as stop:
+            self._train(total_steps, progress, stop)
+        if stop.signum is not None:
+            raise TrainingStopped(self.step, stop.signum, self.out_dir)
+
+    def _train(self, total_steps: int | None, progress: bool, stop: _StopRequests) -> None:
         tc = self.config.train
         total = tc.steps if total_steps is None else total_steps
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +365,8 @@ class Trainer:
                     self._log_row(bar)  # the only host sync: every log_every steps
                 if self.step % tc.checkpoint_every == 0 and self.step < total:
                     self.save()
+                if stop.signum is not None:
+                    break
             if self._win_steps:  # ended off the log grid: a provisional row, the window stays open
                 self._log_row(bar, close_window=False)
                 self._provisional_row = True

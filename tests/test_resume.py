@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sinddm.checkpoint import (ENV_PAUSE, HISTORY_RE, atomic_write, atomic_write_bytes, history_paths,
-                               load_train_state, remove_stale_temporaries, state_checksum)
+                               load_model, load_train_state, remove_stale_temporaries, state_checksum)
 from sinddm.cli import main
 from sinddm.errors import UserError
 
@@ -184,6 +184,53 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert_same_run(run, straight, history=True)
     rows = (run / "loss.csv").read_text().splitlines()
     assert rows[0] == "step,loss" and [int(r.split(",")[0]) for r in rows[1:]] == list(range(3, 49, 3))
+
+
+# ---------------------------------------------------------------------------------------
+# SIGTERM / SIGINT: stop after the current step, saved, then resume exactly
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_current_step_and_resume_equals_an_uninterrupted_run(tmp_path, sig):
+    cfg = write_config(tmp_path / "tiny.yaml", steps=100, checkpoint_every=10, log_every=7)
+    env = {k: v for k, v in os.environ.items() if k != ENV_PAUSE}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    run = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "sinddm", "train", str(SMALL), "--out", str(run), "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd + ["--config", str(cfg), "--seed", "3"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_until(proc, lambda: _newest_history_step(run) >= 10, "checkpoint 10")
+    assert proc.poll() is None, "the run ended before the signal: the test would test nothing"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    step = int(load_train_state(run / "checkpoint.pt")["step"])
+    assert 10 <= step < 100
+    assert f"stopped by {signal.Signals(sig).name} at step {step}: saved {run}" in err and "--resume" in err
+    assert "Traceback" not in err and temporaries(run) == []
+    assert load_model(run / "model.safetensors").step == step  # the model is that step's too
+    assert not (run / "samples_grid.png").exists()  # the end-of-run grid is not drawn for a stopped run
+
+    assert cli("train", SMALL, "--out", run, "--resume", "--device", "cpu", "--quiet") == 0
+    straight = tmp_path / "straight"
+    assert cli("train", SMALL, "--config", cfg, "--out", straight, "--seed", 3, "--device", "cpu", "--quiet") == 0
+    assert_same_run(run, straight)
+
+
+def test_stop_requests_first_signal_asks_second_interrupts(monkeypatch):
+    from sinddm.training import _StopRequests
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _StopRequests() as stop:
+        assert stop.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        assert signal.getsignal(signal.SIGTERM) is before  # the second signal already gave the handlers back
+    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # ---------------------------------------------------------------------------------------
