@@ -15,6 +15,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 from .eval_cli import EVAL_FORMAT, METRIC_INFO
 from .metrics import METRIC_NAMES, paired_difference
@@ -34,6 +36,8 @@ def add_parsers(sub) -> None:
     c.add_argument("base", metavar="BASE", help="the reference evaluation")
     c.add_argument("others", nargs="+", metavar="OTHER", help="evaluations to compare with BASE")
     c.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
+    c.add_argument("--png", metavar="FILE", help="also draw FILE: a row per evaluation (BASE first), the "
+                   "training image and the first samples, which share their seeds column by column")
 
 
 def find_metrics(arg: str) -> Path:
@@ -112,19 +116,68 @@ def format_comparison(c: dict, base_name: str, other_name: str) -> list[str]:
     return lines
 
 
+def _sample_files(metrics_path: Path, m: dict) -> list[Path]:
+    """The evaluated PNGs, in per_sample order: drawn ones beside metrics.json, else the --samples folder."""
+    folder = (metrics_path.parent / "samples" if m.get("samples", {}).get("source") == "generated"
+              else Path(m.get("samples", {}).get("folder", "")))
+    return [folder / r["file"] for r in m["per_sample"]]
+
+
+def _short(name: str, width: int = 30) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def render_comparison(path: Path, base: tuple[str, Path, dict], others: list[tuple[str, Path, dict, dict]]) -> str | None:
+    """The comparison as a picture (eval-suite's samples.png layout); the reason when it cannot be drawn."""
+    from .checkpoint import load_model
+    from .eval_cli import SUITE_SAMPLES_PER_ROW, render_suite_samples
+    from .image_io import load_rgb
+
+    name, mpath, m = base
+    try:
+        reference = load_model(m["model"]).pyramid.levels[-1]
+    except (UserError, OSError, KeyError) as e:
+        return f"the training image comes from the model '{m.get('model')}', which cannot be loaded ({e})"
+    entries = []
+    for label, mp, mm, c in [(name, mpath, m, None)] + others:
+        files = _sample_files(mp, mm)[:SUITE_SAMPLES_PER_ROW]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            return f"'{missing[0]}' is gone: the picture needs the evaluated samples"
+        swd = mm["aggregate"].get("swd")
+        lines = [_short(label), f"patch SWD {swd['mean']:.4g}" if swd else "patch SWD -"]
+        if c is None:
+            lines.append("(base)")
+        elif c["metrics"]["swd"] is not None:
+            lines.append(f"vs base {plus_minus(c['metrics']['swd']['mean'], c['metrics']['swd']['se'])}")
+        entries.append((lines, reference, [np.asarray(load_rgb(f)) for f in files]))
+    render_suite_samples(path, entries)
+    return None
+
+
 def cmd_eval_compare(args) -> int:
     base_path = find_metrics(args.base)
     base = read_metrics(base_path)
     others = [(arg, read_metrics(find_metrics(arg))) for arg in args.others]
     results = [(arg, compare(base, m, args.base, arg)) for arg, m in others]  # all checked before any output
-    if args.json and (Path(args.json).is_dir() or not Path(args.json).parent.is_dir()):
-        raise UserError(f"--json '{args.json}': not a file in an existing folder; give a file name there")
+    for flag, f in (("--json", args.json), ("--png", args.png)):
+        if f and (Path(f).is_dir() or not Path(f).parent.is_dir()):
+            raise UserError(f"{flag} '{f}': not a file in an existing folder; give a file name there")
+    if args.png and Path(args.png).suffix.lower() != ".png":
+        raise UserError(f"--png '{args.png}': give a file name ending in .png")
+    if args.png:  # before any output: a picture that cannot be drawn is an error like any bad input
+        why = render_comparison(Path(args.png), (args.base, base_path, base),
+                                [(arg, find_metrics(arg), m, c) for (arg, m), (_, c) in zip(others, results)])
+        if why:
+            raise UserError(f"--png '{args.png}': {why}")
     blocks = ["\n".join(format_comparison(c, args.base, arg)) for arg, c in results]
     print("\n\n".join(blocks))
     if args.json:
         doc = {"base": str(base_path), "comparisons": [{"other": str(find_metrics(arg)), **c} for arg, c in results]}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.png:
+        print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
 

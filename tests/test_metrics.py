@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -453,10 +454,23 @@ def test_eval_compare_pairs_samples_by_file(tiny_run, tmp_path, capsys):
     assert cli("eval", tiny_run, "--num", 2, *fast_t(tiny_run), "--out", tmp_path / "d2", "--device", "cpu",
                "--quiet") == 0
     capsys.readouterr()
-    assert cli("eval-compare", tmp_path / "d1", tmp_path / "d2", "--json", tmp_path / "d.json") == 0
+    assert cli("eval-compare", tmp_path / "d1", tmp_path / "d2", "--json", tmp_path / "d.json",
+               "--png", tmp_path / "d.png") == 0
     assert "2 pairs, both drawn with sampling seed 0" in capsys.readouterr().out
     (c,) = json.loads((tmp_path / "d.json").read_text())["comparisons"]
     assert c["same_seed"] and c["metrics"]["swd"]["mean"] == 0.0 and c["metrics"]["swd"]["se"] == 0.0
+    # the picture: a row per evaluation, the training image (67 px tall, enlarged to 128) then the samples
+    fig = np.asarray(Image.open(tmp_path / "d.png").convert("RGB"))
+    assert fig.shape[0] == 8 + 2 * (128 + 8) + 16
+    w = round(89 * 128 / 67)
+    first = np.asarray(Image.open(tmp_path / "d2" / "samples" / "sample_000.png")).astype(float)
+    assert abs(fig[160:288, 230 + w + 16:230 + 2 * w + 16].mean() - first.mean()) < 2
+    assert np.array_equal(fig[24:152, 230:230 + w], fig[160:288, 230:230 + w])  # the same training image
+    # folder samples that are gone: the picture cannot be drawn, which is an error before any output
+    shutil.rmtree(tmp_path / "other-png")
+    assert cli("eval-compare", base, other, "--png", tmp_path / "e.png") == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and "--png" in cap.err and "is gone" in cap.err and not (tmp_path / "e.png").exists()
 
 
 def test_eval_compare_refuses_what_does_not_pair(tiny_run, tmp_path, capsys):
@@ -469,13 +483,15 @@ def test_eval_compare_refuses_what_does_not_pair(tiny_run, tmp_path, capsys):
     (tmp_path / "junk.json").write_text('{"format": "something else"}')
     (tmp_path / "empty").mkdir()
     capsys.readouterr()
-    for other, words in [(fewer, "its 1 samples are not the 2"), (tmp_path / "elsewhere.json", "another training picture"),
-                         (tmp_path / "junk.json", "not a 'sinddm eval' metrics file"),
-                         (tmp_path / "empty", "holds no metrics.json"), (tmp_path / "nope", "no such file")]:
-        assert cli("eval-compare", base, other, "--json", tmp_path / "never.json") == 2
+    for argv, words in [([fewer], "its 1 samples are not the 2"),
+                        ([tmp_path / "elsewhere.json"], "another training picture"),
+                        ([tmp_path / "junk.json"], "not a 'sinddm eval' metrics file"),
+                        ([tmp_path / "empty"], "holds no metrics.json"), ([tmp_path / "nope"], "no such file"),
+                        ([base, "--png", tmp_path / "x.jpg"], "ending in .png")]:
+        assert cli("eval-compare", base, *argv, "--json", tmp_path / "never.json") == 2
         cap = capsys.readouterr()
         err = cap.err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error:") and words in err[0], (other, err)
+        assert len(err) == 1 and err[0].startswith("error:") and words in err[0], (argv, err)
         assert cap.out == "" and not (tmp_path / "never.json").exists()
 
 
