@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on one image",
                        description="Train SinDDM on IMAGE. Writes RUN_DIR with model.safetensors (for "
                                    "sampling), checkpoint.pt (for --resume), config.yaml, pyramid.png, "
-                                   "loss.csv, loss.png and samples_grid.png.")
+                                   "loss.csv, loss.png and samples_grid.png. Ctrl-C or SIGTERM stops after "
+                                   "the current step and saves it; --resume continues from there.")
     t.add_argument("image", help="the training image")
     t.add_argument("--config", help="YAML config (default: the paper recipe, configs/paper.yaml)")
     t.add_argument("--out", help="run folder (default: runs/<image name>)")
