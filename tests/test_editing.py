@@ -446,3 +446,20 @@ def test_run_jobs_file_with_every_edit_mode(run, pictures, tmp_path):
 
 def _yaml_common() -> dict:
     return {"device": "cpu", "quiet": True}
+
+
+def test_image_edit_modes_start_where_design_says():
+    """DESIGN §7: harmonization denoises from t = 5, style transfer from t = 15, unless --start-t says
+    otherwise; the CLI's defaults and the library's are the same numbers."""
+    import inspect
+
+    from sinddm import editing
+    from sinddm.cli import build_parser
+
+    parser = build_parser()
+    h = parser.parse_args(["edit", "m.safetensors", "harmonize", "--composite", "c.png", "--mask", "m.png"])
+    s = parser.parse_args(["edit", "m.safetensors", "style-transfer", "--content", "c.png"])
+    assert h.start_t == editing.HARMONIZE_START_T == 5
+    assert s.start_t == editing.STYLE_TRANSFER_START_T == 15
+    assert inspect.signature(editing.harmonize).parameters["t_start"].default == 5
+    assert inspect.signature(editing.style_transfer).parameters["t_start"].default == 15

@@ -285,6 +285,67 @@ def test_cli_modes(smoke_run, loaded, clip_args, tmp_path):
                "--out", tmp_path / "roi_mask", *common) == 0
 
 
+def test_cli_modes_use_the_design_defaults(smoke_run, loaded, clip, clip_args, tmp_path, monkeypatch):
+    """DESIGN §6's numbers reach the guided loops when no option is given: text-content (λ 0.2,
+    f 0.3, η 0.3, from scale 1), text-style (prompt + ' Style', f 1, η 0.3, λ 0.05, finest scale
+    only), text-style-transfer (training level N-2 injected, the finest scale sampled) and
+    text-roi (100 steps of 0.1 on the low-quality templates, then the finest scale from t = 3)."""
+    from sinddm.edits import text as T
+
+    seen = []
+    real_guide, real_score_grad = T._guide, G.TextGuide.score_grad
+
+    def guide(args, device, prompt):
+        seen.append(("prompt", prompt))
+        return real_guide(args, device, prompt)
+
+    def sample_guided(model, schedule, sizes, start_t, n, guide, params, init=None, first_scale=0, **kw):
+        seen.append(("sample", params, first_scale, init))
+        return torch.zeros(n, 3, *sizes[-1])
+
+    def optimize_roi(guide, image, box, n, region=None, iterations=100, step=0.1, progress=None):
+        seen.append(("roi", iterations, step))
+        return image.expand(n, -1, -1, -1)
+
+    def denoise(model, schedule, x, scale, t, **kw):
+        seen.append(("denoise", scale, t))
+        return x
+
+    def score_grad(self, images, templates="hq"):
+        seen.append(("templates", templates))
+        return real_score_grad(self, images, templates)
+
+    monkeypatch.setattr(T, "_guide", guide)
+    monkeypatch.setattr(G, "sample_guided", sample_guided)
+    monkeypatch.setattr(G, "denoise", denoise)
+    monkeypatch.setattr(G.TextGuide, "score_grad", score_grad)
+    real_optimize_roi = G.optimize_roi
+    n = loaded.pyramid.n_scales
+    common = ["--num", 1, "--device", "cpu", "--quiet", *clip_args]
+
+    def run(mode, *argv):
+        seen.clear()
+        assert cli("edit", smoke_run, mode, "--text", "x", *argv, "--out", tmp_path / mode, *common) == 0
+        return list(seen)
+
+    (_, prompt), (_, p, first, init) = run("text-content")
+    assert prompt == "x" and first == 0 and init is None
+    assert (p.momentum, p.fill_factor, p.strength, p.guide_from) == (0.2, 0.3, 0.3, 1)
+    (_, prompt), (_, p, first, init) = run("text-style")
+    assert prompt == "x Style" and first == 0 and init is None
+    assert (p.momentum, p.fill_factor, p.strength, p.guide_from) == (0.05, 1.0, 0.3, n - 1)
+    (_, prompt), (_, p, first, init) = run("text-style-transfer")
+    assert prompt == "x Style" and first == n - 1 and p.guide_from == n - 1
+    assert torch.equal(init, loaded.pyramid.level_tensor(n - 2).unsqueeze(0))
+    monkeypatch.setattr(G, "optimize_roi", optimize_roi)
+    (_, prompt), roi, den = run("text-roi", "--box", "0,0,16,16")
+    assert prompt == "x" and roi == ("roi", 100, 0.1) and den == ("denoise", n - 1, 3)
+    seen.clear()  # and the region is optimised on the low-quality templates, every iteration
+    real_optimize_roi(make_guide(clip), loaded.pyramid.level_tensor(n - 1).unsqueeze(0), (0, 0, 16, 16), 1,
+                      iterations=2)
+    assert seen == [("templates", "lq")] * 2
+
+
 def test_cli_run_loads_clip_once(smoke_run, clip_args, tmp_path, monkeypatch):
     import open_clip
 

@@ -78,6 +78,10 @@ def test_config_defaults_are_the_paper_recipe():
     cfg = config_from_dict(None)
     assert cfg == Config()
     assert cfg.model.dim == 160 and cfg.train.steps == 120_000 and cfg.image.max_pixels == 50_000
+    t = cfg.train  # DESIGN §4's numbers, written out here (paper.yaml == Config() cannot catch a shared typo)
+    assert (t.batch_size, t.lr, t.lr_gamma) == (32, 1e-3, 0.5)
+    assert t.lr_milestones == [20_000, 40_000, 70_000, 80_000, 90_000, 110_000]
+    assert (t.ema_decay, t.ema_every, t.ema_start) == (0.995, 10, 2_000) and t.coarse_batch_sizes == []
     assert load_config(CONFIGS / "paper.yaml") == Config()
 
 
