@@ -241,6 +241,34 @@ def _check_parent(path: Path, what: str, flag: str = "--out") -> None:
         raise UserError(f"{what} '{path}': '{parent}' is a file, not a folder; choose another {flag}")
 
 
+# What `sinddm train` / `convert-reference` write into a run folder, and what the other commands
+# write there by default (made from the run's model, so they go when the run is replaced).
+RUN_ENTRIES = {"model.safetensors", "checkpoint.pt", "checkpoints", "config.yaml", "pyramid.png", "loss.csv",
+               "loss.png", "samples_grid.png", "samples", "eval"}
+RUN_PREFIXES = ("edit_",)
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A run: a model or checkpoint, or (interrupted before its first save) config.yaml with pyramid.png."""
+    return ((path / "model.safetensors").is_file() or (path / "checkpoint.pt").is_file()
+            or ((path / "config.yaml").is_file() and (path / "pyramid.png").is_file()))
+
+
+def _clear_run_folder(path: Path) -> list[str]:
+    """Remove the run's own entries (and save temporaries); return the names of the others, left alone."""
+    kept = []
+    for p in sorted(path.iterdir()):
+        n = p.name
+        if n in RUN_ENTRIES or n.startswith(RUN_PREFIXES) or (n.startswith(".") and n.endswith(".tmp")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        else:
+            kept.append(n)
+    return kept
+
+
 def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--overwrite",
                  remove: bool = True) -> None:
     if path.exists() and not path.is_dir():
@@ -250,10 +278,13 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
         if not overwrite:
             raise UserError(f"{what} '{path}': exists and is not empty; choose another --out or pass {flag_hint}")
         if remove:
-            if not any((path / f).exists() for f in ("model.safetensors", "checkpoint.pt", "config.yaml")):
+            if not _is_run_folder(path):
                 raise UserError(f"{what} '{path}': is not a sinddm run folder; --overwrite only replaces runs, "
                                 "choose another --out")
-            shutil.rmtree(path)
+            kept = _clear_run_folder(path)
+            if kept:
+                print(f"note: {what} '{path}': replaced the run; left {len(kept)} other entries as they were "
+                      f"({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})", file=sys.stderr)
 
 
 def cmd_train(args) -> int:

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from sinddm.checkpoint import load_model
+from sinddm.checkpoint import history_paths, load_model
 from sinddm.cli import main
 from sinddm.config import load_config
 from sinddm.convert import from_reference_state_dict
@@ -150,18 +150,34 @@ def test_train_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_confi
     assert "not a sinddm run folder" in capsys.readouterr().err
 
 
-def test_train_overwrite_replaces_the_run(tmp_path, tiny_config, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "config.yaml").write_text("old run")
-    (out / "stray.txt").write_text("old")
+def test_train_overwrite_refuses_a_project_folder_with_a_config_yaml(tmp_path, tiny_config, capsys):
+    out = tmp_path / "myproj"
+    (out / "src").mkdir(parents=True)
+    (out / "config.yaml").write_text("db: x")  # a common name: alone it does not make a run
+    (out / "src" / "main.py").write_text("code")
     assert cli("train", SMALL, "--config", tiny_config, "--out", out, "--steps", 1, "--device", "cpu",
-               "--quiet", "--overwrite") == 0
-    assert not (out / "stray.txt").exists()
+               "--quiet", "--overwrite") == 2
+    assert "not a sinddm run folder" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "db: x" and (out / "src" / "main.py").read_text() == "code"
+
+
+def test_train_overwrite_replaces_the_run_and_leaves_other_files(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    common = ["--config", tiny_config, "--out", out, "--device", "cpu", "--quiet"]
+    assert cli("train", SMALL, *common, "--steps", 2) == 0
+    (out / "notes.txt").write_text("mine")
+    for folder in ("samples", "eval", "edit_harmonize"):  # what sample/eval/edit write there by default
+        (out / folder).mkdir()
+        (out / folder / "x.png").write_bytes(b"old")
+    capsys.readouterr()
+    assert cli("train", SMALL, *common, "--steps", 1, "--overwrite") == 0
     assert load_model(out).step == 1
     err = capsys.readouterr().err
-    assert "steps 0 -> 1" in err and "done:" in err
+    assert "steps 0 -> 1" in err and "done:" in err and "left 1 other entries as they were (notes.txt)" in err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not any((out / f).exists() for f in ("samples", "eval", "edit_harmonize"))
     assert "samples_grid.png" not in listing(out)  # grid_samples: 0
+    assert [s for s, _ in history_paths(out)] == [1]  # the old run's checkpoints went with it
 
 
 def test_train_reports_per_scale_batches_and_unused_entries(tmp_path, tiny_config, capsys):
