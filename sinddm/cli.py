@@ -241,6 +241,22 @@ def _check_parent(path: Path, what: str, flag: str = "--out") -> None:
         raise UserError(f"{what} '{path}': '{parent}' is a file, not a folder; choose another {flag}")
 
 
+def _check_writable(path: Path, what: str, flag: str = "--out") -> None:
+    """Create and delete a file where the outputs will go (or in the nearest existing ancestor),
+    so that a folder we may not write to fails now, in one line, not after minutes of work."""
+    import tempfile
+
+    where = path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        raise UserError(f"{what} '{path}': cannot write in '{where}' ({e.strerror or e}); "
+                        f"choose another {flag} or fix its permissions") from None
+
+
 # What `sinddm train` / `convert-reference` write into a run folder, and what the other commands
 # write there by default (made from the run's model, so they go when the run is replaced).
 RUN_ENTRIES = {"model.safetensors", "checkpoint.pt", "checkpoints", "config.yaml", "pyramid.png", "loss.csv",
@@ -274,6 +290,7 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} '{path}': exists and is not a folder; choose another --out")
     _check_parent(path, what)
+    _check_writable(path, what)
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise UserError(f"{what} '{path}': exists and is not empty; choose another --out or pass {flag_hint}")
@@ -377,8 +394,19 @@ def parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
     return list(values)
 
 
-def cmd_sample(args) -> int:
+def cmd_sample(args, plan: dict | None = None) -> int:
     from .pipeline import generate
+
+    p = plan or sample_plan(args)
+    imgs = generate(p["loaded"], args.num, p["sizes"], p["start_t"], seed=args.seed, batch_size=args.batch_size,
+                    device=p["device"], progress=not args.quiet, precision=args.precision,
+                    scale0_steps=args.scale0_steps)
+    write_outputs(p["out"], imgs)
+    return 0
+
+
+def sample_plan(args) -> dict:
+    """Everything `sinddm sample` checks before it draws: model, sizes, timesteps, output folder."""
     from .training import resolve_device
 
     device = resolve_device(args.device)
@@ -394,11 +422,7 @@ def cmd_sample(args) -> int:
         if args.start_t and len(args.start_t) == pyr.n_scales:
             raise UserError("--scale0-steps and a T[0] in --start-t both set scale 0's steps; give one of them")
     out = output_folder(loaded, args)
-    imgs = generate(loaded, args.num, sizes, start_t, seed=args.seed, batch_size=args.batch_size,
-                    device=device, progress=not args.quiet, precision=args.precision,
-                    scale0_steps=args.scale0_steps)
-    write_outputs(out, imgs)
-    return 0
+    return {"device": device, "loaded": loaded, "sizes": sizes, "start_t": start_t, "out": out}
 
 
 # -- shared by sample, edit and run -----------------------------------------------------------
@@ -461,7 +485,15 @@ def write_outputs(out: Path, images, prefix: str = "sample") -> None:
     print(f"wrote {len(arrays)} {noun} of {w}x{h} px and grid.png to {out}", file=sys.stderr)
 
 
-def cmd_edit(args) -> int:
+def cmd_edit(args, plan: dict | None = None) -> int:
+    p = plan or edit_plan(args)
+    images = p["mode"].run(args, p["loaded"], p["device"])
+    write_outputs(p["out"], images, prefix=args.mode.replace("-", "_"))
+    return 0
+
+
+def edit_plan(args) -> dict:
+    """Everything `sinddm edit` checks before it works: model, the mode's inputs, output folder."""
     from .edits import get_mode
     from .training import resolve_device
 
@@ -470,9 +502,7 @@ def cmd_edit(args) -> int:
     mode = get_mode(args.mode)
     mode.validate(args, loaded)
     out = output_folder(loaded, args, name=f"edit_{args.mode}")
-    images = mode.run(args, loaded, device)
-    write_outputs(out, images, prefix=args.mode.replace("-", "_"))
-    return 0
+    return {"device": device, "loaded": loaded, "mode": mode, "out": out}
 
 
 def _job_argv(job, index: int, source: str) -> list[str]:
@@ -482,7 +512,14 @@ def _job_argv(job, index: int, source: str) -> list[str]:
     (command, opts), = job.items()
     if command not in ("sample", "edit"):
         raise UserError(f"{source}: job {index + 1}: unknown command '{command}'; use sample or edit")
-    opts = dict(opts or {})
+    if opts is not None and not isinstance(opts, dict):
+        raise UserError(f"{source}: job {index + 1}: '{command}' must map option names to values, e.g. "
+                        f"{{{command}: {{model: runs/x, num: 4}}}}")
+    opts = {str(k).lstrip("-"): v for k, v in (opts or {}).items()}  # '--num' and 'num' both name --num
+    if "help" in opts:
+        raise UserError(f"{source}: job {index + 1}: 'help' is not a job option; see 'sinddm {command} --help'")
+    if isinstance(opts.get("size"), list) and len(opts["size"]) == 2:
+        opts["size"] = "x".join(map(str, opts["size"]))  # [H, W], the natural YAML form of --size HxW
     if "model" not in opts:
         raise UserError(f"{source}: job {index + 1}: 'model' is missing (a run folder or model file)")
     argv = [command, str(opts.pop("model"))]
@@ -514,6 +551,10 @@ def cmd_run(args) -> int:
         jobs = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
         raise UserError(f"jobs file '{path}': not valid YAML; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"jobs file '{path}': not a text file; give a YAML list of jobs") from None
+    except OSError as e:
+        raise UserError(f"jobs file '{path}': cannot be read ({e.strerror or e}); check its permissions") from None
     if not isinstance(jobs, list) or not jobs:
         raise UserError(f"jobs file '{path}': expected a non-empty YAML list of jobs")
     parser = build_parser()
@@ -526,19 +567,20 @@ def cmd_run(args) -> int:
             raise UserError(f"jobs file '{path}': job {i + 1}: {e}") from None
     _RUN_CACHE = {}
     try:
-        from .edits import get_mode
-        from .training import resolve_device
-
-        for i, job_args in enumerate(parsed):  # every job's inputs are checked before any output
-            if job_args.command == "edit":
-                try:
-                    loaded = load_run(job_args.model, resolve_device(job_args.device))
-                    get_mode(job_args.mode).validate(job_args, loaded)
-                except UserError as e:
-                    raise UserError(f"jobs file '{path}': job {i + 1}: {e}") from None
-        for i, job_args in enumerate(parsed):
+        plans, writers = [], {}
+        for i, job_args in enumerate(parsed):  # every job is checked before the first one runs
+            try:
+                plans.append((sample_plan if job_args.command == "sample" else edit_plan)(job_args))
+            except UserError as e:
+                raise UserError(f"jobs file '{path}': job {i + 1}: {e}") from None
+            out = plans[-1]["out"].resolve()
+            if out in writers:
+                raise UserError(f"jobs file '{path}': jobs {writers[out]} and {i + 1} both write to "
+                                f"'{plans[-1]['out']}'; give each job its own 'out'")
+            writers[out] = i + 1
+        for i, (job_args, plan) in enumerate(zip(parsed, plans)):
             print(f"job {i + 1}/{len(parsed)}: {job_args.command} {job_args.model}", file=sys.stderr)
-            COMMANDS[job_args.command](job_args)
+            COMMANDS[job_args.command](job_args, plan)
     finally:
         _RUN_CACHE = None
     return 0
@@ -573,6 +615,13 @@ COMMANDS = {"inspect": cmd_inspect, "train": cmd_train, "sample": cmd_sample, "c
             "edit": cmd_edit, "run": cmd_run}
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA) subclasses RuntimeError; the CPU allocator raises a plain one."""
+    text = str(e)
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -586,6 +635,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine, not the input: a full disk, a vanished folder, ...
+        where = f" ('{e.filename}')" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"error: out of memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size, --size or "
+              "--num per call", file=sys.stderr)
+        return 1
     except TrainingStopped as e:
         print(f"{e}: saved {e.out_dir} (checkpoint.pt, model.safetensors); continue it with "
               f"'sinddm train IMAGE --out {e.out_dir} --resume'", file=sys.stderr)

@@ -6,6 +6,7 @@ of network evaluations instead of ~200.
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -484,3 +485,84 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("inspect", "train", "sample", "convert-reference"):
         assert command in out
+
+
+# ---------------------------------------------------------------------------------------
+# sinddm run: every job checked before the first one writes; environment errors in one line
+# ---------------------------------------------------------------------------------------
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("second, words", [
+    ({"model": "{tmp}/nowhere"}, ["job 2", "nowhere", "no such file"]),
+    ({"start_level": 7}, ["job 2", "--start-level"]),
+    ({"out": "{tmp}/afile"}, ["job 2", "afile", "not a folder"]),
+    ({"out": "{tmp}/first"}, ["jobs 1 and 2 both write to", "first"]),
+])
+def test_run_checks_every_job_before_the_first_writes(smoke_run, tmp_path, capsys, second, words):
+    (tmp_path / "afile").write_text("x")
+    job = {"model": str(smoke_run), "num": 1, "start_t": [2, 1, 1], "device": "cpu", "quiet": True}
+    later = {**job, "out": str(tmp_path / "second"), **{k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str)
+                                                         else v for k, v in second.items()}}
+    (tmp_path / "jobs.yaml").write_text(yaml.safe_dump([{"sample": {**job, "out": str(tmp_path / "first")}},
+                                                        {"sample": later}]))
+    assert cli("run", tmp_path / "jobs.yaml") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "first").exists() and not (tmp_path / "second").exists()
+
+
+def test_run_jobs_take_dashed_keys_and_a_size_list(smoke_run, tmp_path):
+    (tmp_path / "jobs.yaml").write_text(yaml.safe_dump([{"sample": {
+        "model": str(smoke_run), "--num": 2, "size": [40, 60], "start_t": [2, 1, 1], "device": "cpu",
+        "quiet": True, "out": str(tmp_path / "o")}}]))
+    assert cli("run", tmp_path / "jobs.yaml") == 0
+    assert [read_png(tmp_path / "o" / f"sample_{i:03d}.png").shape for i in range(2)] == [(40, 60, 3)] * 2
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", "not a text file"),
+    (b"- sample: runs/x\n", "must map option names to values"),
+    (b"- sample: {model: runs/x, help: true}\n", "'help' is not a job option"),
+])
+def test_run_bad_jobs_files_are_one_line(tmp_path, capsys, content, words):
+    (tmp_path / "jobs.yaml").write_bytes(content)
+    assert cli("run", tmp_path / "jobs.yaml") == 2
+    assert words in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (a folder nobody can write in)")
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(smoke_run, monkeypatch, capsys):
+    import sinddm.pipeline
+
+    monkeypatch.setattr(sinddm.pipeline, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    assert sample(smoke_run, "/proc/sinddm-test-out", "--num", 1) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "output folder '/proc/sinddm-test-out'" in line and "cannot write in '/proc'" in line
+
+
+def test_machine_errors_are_one_line_with_exit_1(smoke_run, tmp_path, monkeypatch, capsys):
+    import sinddm.pipeline
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "sample_000.png"))
+
+    monkeypatch.setattr(sinddm.pipeline, "generate", full_disk)
+    assert sample(smoke_run, tmp_path / "o", "--num", 1) == 1
+    assert _one_error_line(capsys.readouterr().err) == f"error: No space left on device ('{tmp_path}/o/sample_000.png')"
+
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9000000000 bytes.")
+
+    monkeypatch.setattr(sinddm.pipeline, "generate", no_memory)
+    assert sample(smoke_run, tmp_path / "o", "--num", 1) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: out of memory (DefaultCPUAllocator") and "--batch-size" in line
+
+    monkeypatch.setattr(sinddm.pipeline, "generate", lambda *a, **k: 1 / 0)  # a bug still shows its traceback
+    with pytest.raises(ZeroDivisionError):
+        sample(smoke_run, tmp_path / "o", "--num", 1)
