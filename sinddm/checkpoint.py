@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from .config import Config, config_from_dict
-from .errors import UserError
+from .errors import UserError, check_readable
 from .model import Denoiser, infer_width
 from .pyramid import Pyramid
 from .schedule import Schedule, blend_gammas, start_timesteps
@@ -202,6 +202,7 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     p = resolve_model_path(path)
+    check_readable(p, "model")
     if p.suffix == ".pt":
         return _load_from_train_state(p, device)
     try:

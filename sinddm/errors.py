@@ -14,3 +14,12 @@ class TrainingStopped(Exception):
     def __init__(self, step: int, signum: int, out_dir: Path):
         self.step, self.signum, self.out_dir = step, signum, out_dir
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+
+
+def check_readable(path: Path, what: str) -> None:
+    """A file we may not read is said to be so, not reported as missing or corrupt by its parser."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise UserError(f"{what} '{path}': cannot be read (permission denied); check the file's permissions") from None

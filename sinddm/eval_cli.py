@@ -119,7 +119,10 @@ def _read_sample_dir(folder: Path, num: int | None) -> tuple[list[np.ndarray], l
         if num > len(files):
             raise UserError(f"--samples '{folder}': holds {len(files)} PNG files but --num asks for {num}")
         files = files[:num]
-    return [np.asarray(load_rgb(p)) for p in files], [p.name for p in files]
+    try:
+        return [np.asarray(load_rgb(p)) for p in files], [p.name for p in files]
+    except UserError as e:
+        raise UserError(f"--samples '{folder}': {e}") from None
 
 
 def _weights_key(inception_weights) -> str | None:
@@ -141,13 +144,14 @@ def evaluate_run(loaded, out: Path, *, num: int | None, seed: int, samples_dir: 
     from .pipeline import generate
 
     reference = loaded.pyramid.levels[-1]
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if samples_dir is not None:
+    if samples_dir is not None:  # read (and checked) before the output folder exists
         samples, names = _read_sample_dir(Path(samples_dir), num)
         source = {"source": "folder", "folder": str(samples_dir)}
+        out.mkdir(parents=True, exist_ok=True)
     else:
         num = num or DEFAULT_NUM
+        out.mkdir(parents=True, exist_ok=True)
         imgs = generate(loaded, num, loaded.pyramid.sizes_hw, start_t or loaded.start_t, seed=seed,
                         batch_size=batch_size, device=device, progress=progress, precision=precision)
         write_outputs(out / "samples", imgs)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UserError
+from .errors import UserError, check_readable
 
 # Refuse to decode anything larger: a decompression bomb would exhaust memory. The size
 # comes from the file's header, checked before any pixel data is decoded.
@@ -46,6 +46,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"image '{path}': is a folder; give the path of a picture file")
     if path.stat().st_size == 0:
         raise UserError(f"image '{path}': the file is empty; give a valid picture file")
+    check_readable(path, "image")
     try:
         with warnings.catch_warnings():
             # Pillow's own guard (Image.MAX_IMAGE_PIXELS) warns, then errors, from the header.

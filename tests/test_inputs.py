@@ -299,3 +299,19 @@ def test_real_process_exit_code_and_one_line(files, tmp_path):
     assert_one_error_line(proc.stderr, ["truncated.png", "cannot be decoded"])
     assert snapshot(tmp_path, files) == before
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, what", [(["inspect", "{in}/good.png"], "image '"),
+                                        (["sample", "{run}", "--num", "1"], "model '")])
+def test_a_file_we_may_not_read_is_said_to_be_so(argv, what, files, fake_run, tmp_path, monkeypatch, capsys):
+    """Not 'missing' or 'corrupt' (which would send the user off to re-export a good model)."""
+    import sinddm.errors
+
+    def refuse(path, *a, **k):  # chmod 000 does not stop root, so the refusal is simulated
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(sinddm.errors, "open", refuse, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(_argv(argv, files, fake_run)) == 2
+    line = assert_one_error_line(capsys.readouterr().err, [what, "cannot be read (permission denied)"])
+    assert "corrupt" not in line and "no such file" not in line

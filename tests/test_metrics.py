@@ -398,17 +398,21 @@ def test_eval_of_a_samples_folder_with_weights(tiny_run, random_weights, tmp_pat
     (["--inception-weights", "{tmp}/junk.pth", "--samples", "{tmp}/two"], "cannot be read"),
     (["--start-t", "1", "2", "3", "4", "5", "6"], "--start-t"),
     (["--num", "0"], "--num"),
+    (["--samples", "{tmp}/broken"], "--samples '"),
 ])
 def test_eval_bad_input(tiny_run, tmp_path, capsys, extra, words):
     (tmp_path / "empty").mkdir()
     (tmp_path / "two").mkdir()
     for i in range(2):
         Image.new("RGB", (89, 67), (i * 100, 0, 0)).save(tmp_path / "two" / f"{i}.png")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.png").write_bytes(b"not a picture")
     (tmp_path / "junk.pth").write_bytes(b"junk")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     assert cli("eval", tiny_run, "--out", tmp_path / "out", "--device", "cpu", "--quiet", *argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0]
+    assert not (tmp_path / "out").exists()  # no output folder left behind
 
 
 def test_eval_of_a_missing_run(tmp_path, capsys):
