@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,18 @@ class Config:
 _SECTIONS = {"image": ImageConfig, "model": ModelConfig, "train": TrainConfig}
 
 
+# A decimal or scientific number as written by hand (1e-3, 5E-4, +2e3, .5); not nan, inf or words.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _check_type(where: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
+        if isinstance(value, str) and _NUMBER.fullmatch(value) and math.isfinite(float(value)):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot, or no exponent sign) as a string
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, list):
@@ -169,16 +176,63 @@ def ema_warning(t: TrainConfig, steps: int | None = None, limit: float = 0.01) -
             f"(or train longer)")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        self.key, self.line, self.first_line = key, line, first_line
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first_line})")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (instead of the last one winning)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:  # the mapping's own keys; '<<' merges may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own check reports it
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
+    name = f"config '{path}'"
+    if path.is_dir():
+        raise UserError(f"{name}: is a folder; give a YAML file (see configs/ for examples)")
     if not path.is_file():
-        raise UserError(f"config '{path}': no such file; see configs/ for examples")
+        if path.exists():
+            raise UserError(f"{name}: not a regular file; give a YAML file (see configs/ for examples)")
+        raise UserError(f"{name}: no such file; see configs/ for examples")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except PermissionError:
+        raise UserError(f"{name}: cannot be read (permission denied); fix its permissions") from None
+    except OSError as e:
+        raise UserError(f"{name}: cannot be read ({e.strerror or e}); give a readable YAML file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise UserError(f"{name}: not a text file (binary or not UTF-8); give a YAML file")
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise UserError(f"{name}: key '{e.key}' appears twice (line {e.first_line} and line {e.line}); "
+                        f"keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config '{path}': not valid YAML{where}; fix the syntax") from None
-    return config_from_dict(data, source=f"config '{path}'")
+        raise UserError(f"{name}: not valid YAML{where}; fix the syntax") from None
+    return config_from_dict(data, source=name)

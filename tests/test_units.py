@@ -1,5 +1,6 @@
 """Unit tests of the core's pure pieces: sample sizes, config validation, image loading, grids."""
 
+import os
 import struct
 import zlib
 
@@ -9,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from sinddm.cli import main
 from sinddm.config import Config, config_from_dict, load_config, scale_batch_size
 from sinddm.errors import UserError
 from sinddm.image_io import load_rgb, make_grid, to_tensor, to_uint8
@@ -157,6 +159,125 @@ def test_load_config_errors_name_the_file(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_config(empty) == Config()
+
+
+def test_load_config_binary_file_is_not_a_text_file(tmp_path):
+    jpg = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(jpg)
+    with pytest.raises(UserError, match=r"config '.*photo\.jpg': not a text file"):
+        load_config(jpg)
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"train:\n  steps: 5\0\n")
+    with pytest.raises(UserError, match=r"nul\.yaml.*not a text file"):
+        load_config(nul)
+
+
+def test_load_config_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(UserError, match=r"config '.*': is a folder"):
+        load_config(tmp_path)
+
+
+def test_load_config_unreadable_file(tmp_path):
+    cfg = tmp_path / "locked.yaml"
+    cfg.write_text("train:\n  steps: 5\n")
+    cfg.chmod(0)
+    try:
+        if os.geteuid() == 0 or os.access(cfg, os.R_OK):
+            pytest.skip("running as root (or chmod 000 does not stop reading here)")
+        with pytest.raises(UserError, match=r"locked\.yaml.*cannot be read \(permission denied\)"):
+            load_config(cfg)
+    finally:
+        cfg.chmod(0o644)
+
+
+def test_load_config_permission_error_is_a_user_error(tmp_path, monkeypatch):
+    # the same path as test_load_config_unreadable_file, also where tests run as root
+    cfg = tmp_path / "locked.yaml"
+    cfg.write_text("train:\n  steps: 5\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(cfg), "read_bytes", denied)
+    with pytest.raises(UserError, match=r"locked\.yaml.*cannot be read \(permission denied\)"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("text, lr", [("1e-3", 0.001), ("5E-4", 5e-4), ("+2e3", 2000.0), ("1.5e-2", 0.015)])
+def test_load_config_scientific_float_without_dot(tmp_path, text, lr):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string '1e-3'; a float field takes it as the number
+    path = tmp_path / "sci.yaml"
+    path.write_text(f"train:\n  lr: {text}\n  lr_gamma: 5e-1\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == lr and isinstance(cfg.train.lr, float)
+    assert cfg.train.lr_gamma == 0.5
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"train": {"lr": "fast"}}, ["train.lr", "expected float", "'fast'"]),
+    ({"train": {"lr": "nan"}}, ["train.lr", "expected float"]),
+    ({"train": {"lr": "inf"}}, ["train.lr", "expected float"]),
+    ({"train": {"lr": "1e999"}}, ["train.lr", "expected float"]),
+    ({"train": {"lr": "1e-3x"}}, ["train.lr", "expected float"]),
+    ({"train": {"steps": "1e3"}}, ["train.steps", "expected int", "'1e3'"]),
+    ({"train": {"lr_milestones": ["1e3"]}}, ["train.lr_milestones", "expected list"]),
+])
+def test_config_number_strings_only_for_float_fields(data, words):
+    with pytest.raises(UserError) as e:
+        config_from_dict(data, source="config 'x.yaml'")
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_load_config_scientific_string_refused_for_int_field(tmp_path):
+    path = tmp_path / "steps.yaml"
+    path.write_text("train:\n  steps: 1e3\n")
+    with pytest.raises(UserError, match=r"steps\.yaml.*train\.steps: expected int, got '1e3'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("train:\n  steps: 5\nmodel:\n  dim: 8\ntrain:\n  lr: 0.5\n", "train", (1, 5)),
+    ("train:\n  steps: 5\n  lr: 0.5\n  steps: 6\n", "steps", (2, 4)),
+    ("model: {dim: 8, dim: 10}\n", "dim", (1, 1)),
+])
+def test_load_config_refuses_duplicate_keys(tmp_path, text, key, lines):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert msg.startswith(f"config '{path}'"), msg
+    assert f"'{key}'" in msg and f"line {lines[0]}" in msg and f"line {lines[1]}" in msg, msg
+
+
+def test_load_config_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("train:\n  <<: {steps: 5, lr: 0.5}\n  steps: 7\n")
+    cfg = load_config(path)
+    assert (cfg.train.steps, cfg.train.lr) == (7, 0.5)
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, ["not a text file"]),  # a JPEG given as --config
+    (b"train:\n  steps: 2\n  steps: 3\n", ["'steps'", "line 2", "line 3"]),
+])
+def test_cli_bad_config_is_one_error_line(tmp_path, capsys, content, words):
+    image = tmp_path / "img.png"
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(image)
+    config = image if content is None else tmp_path / "cfg.yaml"
+    if content is not None:
+        config.write_bytes(content)
+    code = main(["train", str(image), "--config", str(config), "--steps", "1", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert str(config) in lines[0]
+    for w in words:
+        assert w in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------
