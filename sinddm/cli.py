@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import TrainingStopped, UserError
 
 EPILOG = "Docs and examples: README.md. Paper: Kulikov et al., SinDDM, ICML 2023."
@@ -87,7 +88,8 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
     p.add_argument("--num", type=_positive_int("--num"), default=default_num,
                    help=f"number of images (default {default_num})")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    p.add_argument("--out", help=f"output folder (default: RUN_DIR/{out_name})")
+    p.add_argument("--out", help=f"output folder (default: RUN_DIR/{out_name} for a run folder or the "
+                   f"model.safetensors in one, ./{out_name} for a model file elsewhere)")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"),
                    help="images per batch (default: as many as fit in GPU memory; 4 on a CPU, where "
                         "larger batches are slower per image)")
@@ -103,6 +105,7 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sinddm", description="SinDDM: a diffusion model learned from a single image.",
                 epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"sinddm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -224,7 +227,7 @@ def cmd_inspect(args) -> int:
                           "start_t": start_t}))
         return 0
     w, h = pyr.input_wh
-    print(f"image {args.image}: {w}x{h} px -> {pyr.n_scales} scales, factor r = {pyr.scale_factor:.4f}")
+    print(f"image {args.image}: {w}x{h} px (w x h) -> {pyr.n_scales} scales, factor r = {pyr.scale_factor:.4f}")
     print(f"{'scale':>5} {'size (h x w)':>13} {'blur d':>8} {'T[s]':>5}")
     for i, (hh, ww) in enumerate(pyr.sizes_hw):
         d = f"{pyr.blur_distance[i - 1]:.4f}" if i else "-"
@@ -305,18 +308,36 @@ def _prepare_out(path: Path, overwrite: bool, what: str, flag_hint: str = "--ove
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import atomic_write_bytes
-    from .config import ema_warning, load_config, scale_batch_sizes
+    from .config import load_config
     from .image_io import load_rgb
-    from .plots import pyramid_preview
-    from .pyramid import build_pyramid
-    from .schedule import Schedule, start_timesteps
-    from .training import Trainer, resolve_device
+    from .training import resolve_device
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("runs") / Path(args.image).stem
     config = load_config(args.config) if args.config else None
     image = load_rgb(args.image)
+    try:
+        return _train(args, out, device, config, image)
+    except KeyboardInterrupt:
+        # Before the first save (training itself stops on Ctrl-C after a step and saves it): a
+        # new run folder holding only a config and a preview would block the next try, so it goes.
+        if not args.resume and out.is_dir() and not (out / "checkpoint.pt").exists():
+            _clear_run_folder(out)
+            if not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _train(args, out: Path, device, config, image) -> int:
+    from .checkpoint import atomic_write_bytes
+    from .config import ema_warning, scale_batch_sizes
+    from .plots import pyramid_preview
+    from .pyramid import build_pyramid
+    from .schedule import Schedule, start_timesteps
+    from .training import Trainer
+
     if args.resume:
         trainer = Trainer.resume(out, device, config, precision=args.precision)
         max_pixels = trainer.config.image.max_pixels
@@ -343,7 +364,7 @@ def cmd_train(args) -> int:
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
     batches = scale_batch_sizes(trainer.config.train, trainer.pyramid.n_scales)
     batch = str(batches[0]) if len(set(batches)) == 1 else "/".join(map(str, batches)) + " (coarse to fine)"
-    print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales ({sizes}), width "
+    print(f"training {out} on {device}: {trainer.pyramid.n_scales} scales (w x h: {sizes}), network width "
           f"{trainer.config.model.dim}, batch {batch}, precision {trainer.precision}, "
           f"steps {trainer.step} -> {steps}",
           file=sys.stderr)
@@ -481,8 +502,8 @@ def write_outputs(out: Path, images, prefix: str = "sample") -> None:
         Image.fromarray(a).save(out / f"{prefix}_{i:03d}.png")
     Image.fromarray(make_grid(arrays)).save(out / "grid.png")
     h, w = arrays[0].shape[:2]
-    noun = "samples" if prefix == "sample" else "images"
-    print(f"wrote {len(arrays)} {noun} of {w}x{h} px and grid.png to {out}", file=sys.stderr)
+    noun = ("sample" if prefix == "sample" else "image") + ("s" if len(arrays) != 1 else "")
+    print(f"wrote {len(arrays)} {noun} of {w}x{h} px (w x h) and grid.png to {out}", file=sys.stderr)
 
 
 def cmd_edit(args, plan: dict | None = None) -> int:
@@ -646,8 +667,11 @@ def main(argv: list[str] | None = None) -> int:
               "--num per call", file=sys.stderr)
         return 1
     except TrainingStopped as e:
+        import shlex
+
         print(f"{e}: saved {e.out_dir} (checkpoint.pt, model.safetensors); continue it with "
-              f"'sinddm train IMAGE --out {e.out_dir} --resume'", file=sys.stderr)
+              f"'sinddm train {shlex.quote(str(e.image)) if e.image else 'IMAGE'} --out "
+              f"{shlex.quote(str(e.out_dir))} --resume'", file=sys.stderr)
         return 128 + e.signum
 
 

@@ -11,8 +11,8 @@ class UserError(Exception):
 class TrainingStopped(Exception):
     """Training stopped early on SIGINT/SIGTERM after saving the state at `step` (exit 128 + signum)."""
 
-    def __init__(self, step: int, signum: int, out_dir: Path):
-        self.step, self.signum, self.out_dir = step, signum, out_dir
+    def __init__(self, step: int, signum: int, out_dir: Path, image: str | None = None):
+        self.step, self.signum, self.out_dir, self.image = step, signum, out_dir, image
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
 
 

@@ -341,7 +341,7 @@ class Trainer:
         with _StopRequests() as stop:
             self._train(total_steps, progress, stop)
         if stop.signum is not None:
-            raise TrainingStopped(self.step, stop.signum, self.out_dir)
+            raise TrainingStopped(self.step, stop.signum, self.out_dir, self.source)
 
     def _train(self, total_steps: int | None, progress: bool, stop: _StopRequests) -> None:
         tc = self.config.train

@@ -566,3 +566,30 @@ def test_machine_errors_are_one_line_with_exit_1(smoke_run, tmp_path, monkeypatc
     monkeypatch.setattr(sinddm.pipeline, "generate", lambda *a, **k: 1 / 0)  # a bug still shows its traceback
     with pytest.raises(ZeroDivisionError):
         sample(smoke_run, tmp_path / "o", "--num", 1)
+
+
+def test_train_interrupted_before_its_first_save_leaves_no_folder(tmp_path, tiny_config, monkeypatch, capsys):
+    import sinddm.training
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sinddm.training.Trainer, "__init__", interrupt)  # after config.yaml and pyramid.png
+    out = tmp_path / "run"
+    assert cli("train", SMALL, "--config", tiny_config, "--out", out, "--device", "cpu", "--quiet") == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert not out.exists()
+
+
+def test_train_resume_and_overwrite_contradict(tmp_path, tiny_config, capsys):
+    assert cli("train", SMALL, "--out", tmp_path / "run", "--resume", "--overwrite", "--device", "cpu") == 2
+    assert "give one of them" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_version(capsys):
+    from sinddm import __version__
+
+    with pytest.raises(SystemExit) as e:
+        cli("--version")
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sinddm {__version__}"

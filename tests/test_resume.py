@@ -206,7 +206,8 @@ def test_a_signal_saves_the_current_step_and_resume_equals_an_uninterrupted_run(
     assert proc.returncode == 128 + sig, err
     step = int(load_train_state(run / "checkpoint.pt")["step"])
     assert 10 <= step < 100
-    assert f"stopped by {signal.Signals(sig).name} at step {step}: saved {run}" in err and "--resume" in err
+    assert f"stopped by {signal.Signals(sig).name} at step {step}: saved {run}" in err
+    assert f"continue it with 'sinddm train {SMALL} --out {run} --resume'" in err
     assert "Traceback" not in err and temporaries(run) == []
     assert load_model(run / "model.safetensors").step == step  # the model is that step's too
     assert not (run / "samples_grid.png").exists()  # the end-of-run grid is not drawn for a stopped run
