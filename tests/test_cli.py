@@ -403,7 +403,7 @@ def test_inspect_text_and_preview(tmp_path, capsys, golden_json):
     assert cli("inspect", SMALL, "--preview", preview) == 0
     out = capsys.readouterr().out
     ref = golden_json["pyramids"]["small_120x90"]
-    assert "120x90 px -> 3 scales" in out
+    assert "120x90 px (w x h) -> 3 scales" in out
     for i, ((w, h), t) in enumerate(zip(ref["sizes_wh"], ref["start_t"])):
         assert any(line.split()[:1] == [str(i)] and f"{h} x {w}" in line and line.split()[-1] == str(t)
                    for line in out.splitlines()), (i, out)
