@@ -8,6 +8,7 @@ how to provide it. OpenAI's original TorchScript .pt files load too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -61,6 +62,85 @@ def _offline() -> bool:
 
 def _cache_dir() -> Optional[str]:
     return os.environ.get(CACHE_ENV) or None
+
+
+REACH_TIMEOUT = 3.0                       # seconds for the "can we reach the download host?" check
+_REACHABLE: dict[tuple[str, int], bool] = {}   # per process: (host, port) -> answer
+
+
+def _download_url(tag_cfg: dict) -> str:
+    """Where open_clip will fetch a tag's weights: the Hugging Face Hub (HF_ENDPOINT, if set) when
+    the tag has hub weights and huggingface_hub is installed, else the tag's plain URL."""
+    import importlib.util
+
+    if tag_cfg.get("hf_hub") and importlib.util.find_spec("huggingface_hub") is not None:
+        return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    return tag_cfg.get("url", "")
+
+
+def _host_port(url: str) -> Optional[tuple[str, int]]:
+    """The (host, port) a request to `url` first connects to: the proxy's, when one applies."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    defaults = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080, "socks4": 1080}
+    u = urlsplit(url)
+    if not u.hostname:
+        return None
+    try:
+        proxies = urllib.request.getproxies()
+        proxy = proxies.get(u.scheme) or proxies.get("all")
+        if proxy and not urllib.request.proxy_bypass(u.hostname):
+            p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            if p.hostname:
+                return p.hostname, p.port or defaults.get(p.scheme, 80)
+        return u.hostname, u.port or defaults.get(u.scheme, 443)
+    except ValueError:   # a malformed port
+        return None
+
+
+def _reachable(host: str, port: int, timeout: float = REACH_TIMEOUT) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds (name lookup included:
+    it runs in a daemon thread, so a hanging resolver cannot stall the caller)."""
+    import socket
+    import threading
+
+    key = (host, port)
+    if key in _REACHABLE:
+        return _REACHABLE[key]
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except Exception:
+            pass
+
+    t = threading.Thread(target=probe, name="sinddm-clip-reach", daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    _REACHABLE[key] = bool(ok)
+    return _REACHABLE[key]
+
+
+@contextlib.contextmanager
+def _quiet_logging(level: int):
+    """During the `with` block, log records up to `level` are dropped (open_clip logs on the root
+    logger, huggingface_hub warns on each retry); afterwards the logging state is as before, without
+    the root handler that `logging.error()` installs on first use."""
+    import logging
+
+    root = logging.getLogger()
+    disabled, handlers = logging.root.manager.disable, list(root.handlers)
+    logging.disable(level)
+    try:
+        yield
+    finally:
+        logging.disable(disabled)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
 
 
 def _model_name(model: str) -> str:
@@ -161,6 +241,9 @@ def resolve_clip(spec: ClipSpec) -> ResolvedClip:
         return ResolvedClip(name=name, file=cached, quick_gelu=quick)
     if _offline():
         raise UserError(_missing_message(name, tag, tag_cfg, " and HF_HUB_OFFLINE is set"))
+    where = _host_port(_download_url(tag_cfg))
+    if where is not None and not _reachable(*where):   # offline: fail now, not after a minute of retries
+        raise UserError(_missing_message(name, tag, tag_cfg, f" and the download failed ({where[0]} is unreachable)"))
     return ResolvedClip(name=name, tag=tag, quick_gelu=quick)
 
 
@@ -256,14 +339,14 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
         else:
             import logging
 
-            level = logging.root.manager.disable
-            if r.random:  # open_clip warns on the root logger; sinddm says it once, below
-                logging.disable(logging.WARNING)
-            try:
+            # open_clip warns on the root logger (random weights: sinddm says it once, below), and a
+            # failing download logs huggingface_hub's retries and open_clip's error: the UserError
+            # below says it in one line
+            quiet = (_quiet_logging(logging.WARNING) if r.random else
+                     _quiet_logging(logging.CRITICAL) if r.tag else contextlib.nullcontext())
+            with quiet:
                 model = open_clip.create_model(r.name, pretrained=r.file or r.tag, force_quick_gelu=r.quick_gelu,
                                                cache_dir=_cache_dir())
-            finally:
-                logging.disable(level)
         tokenizer = open_clip.get_tokenizer(r.name)
     except UserError:
         raise

@@ -376,6 +376,89 @@ def test_offline_without_weights_is_one_line(smoke_run, tmp_path, monkeypatch, c
     assert not (tmp_path / "o").exists()
 
 
+def _no_clip_download(monkeypatch, tmp_path, fake=None):
+    """No cached CLIP weights, HF_HUB_OFFLINE unset, and every download function of open_clip and
+    huggingface_hub replaced by `fake` (default: one that records the call and fails)."""
+    import huggingface_hub
+    import open_clip.factory
+    import open_clip.pretrained
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "NO_PROXY", "no_proxy",
+                *(f"{k}_proxy" for k in ("http", "https", "all", "HTTP", "HTTPS", "ALL"))):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(C, "_CLIP_CACHE", {})
+    monkeypatch.setattr(C, "_REACHABLE", {})
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise OSError("download attempted")
+
+    for mod, name in [(open_clip.factory, "download_pretrained"), (open_clip.pretrained, "download_pretrained"),
+                      (open_clip.factory, "download_pretrained_from_hf"),
+                      (open_clip.pretrained, "download_pretrained_from_hf"),
+                      (open_clip.pretrained, "download_pretrained_from_url"),
+                      (open_clip.pretrained, "hf_hub_download"), (huggingface_hub, "hf_hub_download")]:
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, fake or refuse)
+    return calls
+
+
+def test_unreachable_hub_without_offline_is_one_line(smoke_run, tmp_path, monkeypatch, capsys):
+    """HF_HUB_OFFLINE unset and the hub unreachable: one line at once, no download attempted
+    (which would retry for ~50 s and log ~45 lines), and HF_ENDPOINT is the host checked."""
+    calls = _no_clip_download(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.invalid:8443/")
+    looked_up = []
+
+    def no_dns(host, port, *a, **k):
+        looked_up.append((host, port))
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    rc = cli("edit", smoke_run, "text-style", "--text", "Van Gogh", "--num", 1, "--device", "cpu",
+             "--out", tmp_path / "o")
+    err = capsys.readouterr().err.strip()
+    assert calls == []                                    # failed fast: no download was tried
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert "ViT-B-32" in err and "--clip-checkpoint" in err and "hub.example.invalid is unreachable" in err
+    assert looked_up and {h for h, _ in looked_up} == {"hub.example.invalid"} and looked_up[0][1] == 8443
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_download_is_one_line_and_quiet(smoke_run, tmp_path, monkeypatch, capsys):
+    """The hub answers the reachability check but the download fails: huggingface_hub's retry
+    warnings and open_clip's root-logger error are silenced, and the logging state is restored."""
+    import logging
+
+    def failing(*a, **k):
+        calls.append(a)
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise OSError("connection reset")
+
+    calls = _no_clip_download(monkeypatch, tmp_path, failing)
+    monkeypatch.setattr(C, "_reachable", lambda host, port, timeout=None: True)
+    records = []
+    probe = logging.Handler()
+    probe.emit = records.append
+    root = logging.getLogger()
+    root.addHandler(probe)
+    before = (list(root.handlers), logging.root.manager.disable)
+    try:
+        rc = cli("edit", smoke_run, "text-style", "--text", "Van Gogh", "--num", 1, "--device", "cpu",
+                 "--out", tmp_path / "o")
+        after = (list(root.handlers), logging.root.manager.disable)
+    finally:
+        root.removeHandler(probe)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and calls
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "the download failed" in err, err
+    assert records == []                                  # nothing logged during the attempt
+    assert after == before
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["text-content", "--text", " "], "--text"),
     (["text-content", "--text", "x", "--fill-factor", "1.5"], "--fill-factor"),
