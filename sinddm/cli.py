@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--start-level", "--start-scale", dest="start_level", type=int, default=0, metavar="K",
                    help="object size control: start the coarsest noise at level K's size (smaller objects)")
     s.add_argument("--start-t", nargs="+", type=int, metavar="T",
-                   help="start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
+                   help="start timesteps T[1] .. T[N-1] in 1..99 (or T[0] .. T[N-1], T[0] in 1..100); "
+                        "default from the pyramid; higher: more change at that scale")
     s.add_argument("--scale0-steps", type=int, metavar="K",
                    help="sample the coarsest scale in K evenly spaced DDPM steps instead of all 100 (faster: "
                         "K=25 cuts the coarsest scale's time 4x; see docs/fast-sampling.md for what it costs)")
@@ -154,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert-reference", help="turn a reference-implementation checkpoint into a run",
                        description="Convert a checkpoint of the published SinDDM code ({'model', 'ema'}, keys "
                                    "'denoise_fn.*') plus its training IMAGE into a run folder for 'sinddm sample'.")
-    c.add_argument("checkpoint", metavar="CKPT")
-    c.add_argument("image", metavar="IMAGE", help="the image the checkpoint was trained on")
-    c.add_argument("--out", required=True, metavar="RUN_DIR")
+    c.add_argument("checkpoint", metavar="CKPT", help="the reference checkpoint (model-N.pt)")
+    c.add_argument("image", metavar="IMAGE", help="the image the checkpoint was trained on (its pyramid is "
+                   "rebuilt; nothing in the checkpoint can tell a wrong picture)")
+    c.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
     c.add_argument("--max-pixels", type=_positive_int("--max-pixels"), default=50_000,
                    help="pixel cap used in training (default 50000)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -175,10 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_output_arguments(m, out_name=f"edit_{mode.name}")
 
     r = sub.add_parser("run", help="run a YAML list of sample/edit jobs in one process",
-                       description="Run JOBS.yaml: a list of jobs, each {sample: {...}} or {edit: {...}} whose "
-                                   "keys are the command's options without dashes (model and mode included). "
-                                   "Every job is checked before the first one runs; models load once.")
-    r.add_argument("jobs", metavar="JOBS.yaml")
+                       description="Run JOBS.yaml: a list of jobs, each {sample: {...}} or {edit: {...}} whose\n"
+                                   "keys are the command's options without dashes (model and mode included).\n"
+                                   "Every job is checked before the first one runs; models load once. Paths\n"
+                                   "are relative to the current folder. Example:\n\n"
+                                   "  - sample: {model: runs/rocket, num: 8, scale_hw: [1, 2], out: out/pano}\n"
+                                   "  - edit: {model: runs/rocket, mode: style-transfer, content: c.png, "
+                                   "out: out/style}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("jobs", metavar="JOBS.yaml", help="the job list (YAML)")
 
     for module in _command_modules():  # commands that live in their own modules
         module.add_parsers(sub)

@@ -32,7 +32,7 @@ SKIP_NAMES = {"grid.png"}  # what `sinddm sample` writes beside the samples
 # metric → (label in tables and the report, one-line meaning)
 METRIC_INFO = {
     "pixel_diversity": ("pixel div.", "per-pixel grey std over samples / training image std (0 = all alike)"),
-    "swd": ("patch SWD", "sliced W1 of 7x7 patches, 4 pyramid levels (0 = same patch statistics)"),
+    "swd": ("patch SWD", "sliced W1 of 7x7 patches, up to 4 pyramid levels (0 = same patch statistics)"),
     "copy_mean_region": ("copy: mean region", "size of the coherent NNF region a pixel lies in (1 = one copied block)"),
     "copy_large_fraction": ("copy: in large regions", "share of pixels in coherent regions >= 5% of the image"),
     "copy_max_region": ("copy: largest region", "largest coherent NNF region, fraction of the image"),
@@ -302,6 +302,17 @@ def _list_images(folder: Path) -> list[Path]:
     return files
 
 
+def _check_pictures(images: list[Path], caps: set[int]) -> None:
+    """Every picture readable and big enough for every recipe's pixel cap, before the first training."""
+    from .image_io import load_rgb
+    from .pyramid import build_pyramid
+
+    for img in images:
+        picture = load_rgb(img)
+        for cap in sorted(caps):
+            build_pyramid(picture, cap, name=f"image '{img}'")
+
+
 def _recipes(paths: list[str], steps: int | None) -> list[tuple[str, Path, object]]:
     from .config import load_config
 
@@ -418,6 +429,7 @@ def cmd_eval_suite(args) -> int:
         raise UserError(f"suite folder '{out}': exists and is not a folder; choose another --out")
     weights_key = _weights_key(args.inception_weights)
     plan = [(r, img) for r in recipes for img in images]
+    _check_pictures(images, {cfg.image.max_pixels for _, _, cfg in recipes})
     # Check every existing run before the first (long) training starts.
     states = {}
     for (name, _, cfg), img in plan:

@@ -161,8 +161,11 @@ def cmd_eval_compare(args) -> int:
     others = [(arg, read_metrics(find_metrics(arg))) for arg in args.others]
     results = [(arg, compare(base, m, args.base, arg)) for arg, m in others]  # all checked before any output
     for flag, f in (("--json", args.json), ("--png", args.png)):
-        if f and (Path(f).is_dir() or not Path(f).parent.is_dir()):
-            raise UserError(f"{flag} '{f}': not a file in an existing folder; give a file name there")
+        if f and Path(f).is_dir():
+            raise UserError(f"{flag} '{f}': is a folder; give a file name")
+        if f and not Path(f).parent.is_dir():
+            raise UserError(f"{flag} '{f}': its folder '{Path(f).parent}' does not exist; create it or give "
+                            "another file name")
     if args.png and Path(args.png).suffix.lower() != ".png":
         raise UserError(f"--png '{args.png}': give a file name ending in .png")
     if args.png:  # before any output: a picture that cannot be drawn is an error like any bad input

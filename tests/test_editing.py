@@ -395,6 +395,8 @@ BAD = {
     "missing_mask": ("harmonize", ["--composite", "{composite}", "--mask", "{missing}"], "--mask"),
     "unreadable_mask": ("harmonize", ["--composite", "{composite}", "--mask", "{garbage}"], "--mask"),
     "missing_content": ("style-transfer", ["--content", "{missing}"], "--content"),
+    "tiny_content": ("style-transfer", ["--content", "{tiny}"], "at least 42 px"),
+    "tiny_composite": ("harmonize", ["--composite", "{tiny}", "--mask", "{tiny}"], "--composite"),
     "start_t_out_of_range": ("style-transfer", ["--content", "{content}", "--start-t", "100"], "--start-t"),
     "source_out_of_bounds": ("roi-copy", ["--source", "70,10,30,30", "--target", "0,0,30,30"], "--source"),
     "target_out_of_bounds": ("roi-copy", ["--source", "0,0,30,30", "--target", "0,100,30,30"], "--target"),
@@ -408,8 +410,10 @@ BAD = {
 def test_bad_input_exits_2_with_one_line(case, run, pictures, tmp_path, capsys):
     mode, opts, names = BAD[case]
     (tmp_path / "garbage.png").write_bytes(b"not a picture at all")
+    Image.new("RGB", (5, 5), "white").save(tmp_path / "tiny.png")
     paths = {k: str(v) for k, v in pictures.items()} | {"missing": str(tmp_path / "nope.png"),
-                                                          "garbage": str(tmp_path / "garbage.png")}
+                                                          "garbage": str(tmp_path / "garbage.png"),
+                                                          "tiny": str(tmp_path / "tiny.png")}
     out = tmp_path / "out"
     capsys.readouterr()
     rc = cli("edit", run, mode, *[o.format(**paths) for o in opts], "--out", out, *COMMON)

@@ -597,6 +597,7 @@ def test_eval_suite_tabulates_paired_differences_against_the_baseline(tmp_path, 
 @pytest.mark.parametrize("setup, argv, words", [
     ("one", ["{tmp}/imgs", "--config", str(CONFIGS / "smoke.yaml"), "--baseline", "paper"],
      "not one of the recipes"),
+    ("one-bad", ["{tmp}/imgs", "--config", str(CONFIGS / "smoke.yaml")], "z_broken.png"),  # checked before x trains
     (None, ["{tmp}/nowhere", "--config", str(CONFIGS / "smoke.yaml")], "no such folder"),
     ("empty", ["{tmp}/imgs", "--config", str(CONFIGS / "smoke.yaml")], "no pictures"),
     ("one", ["{tmp}/imgs", "--config", "{tmp}/missing.yaml"], "no such file"),
@@ -607,8 +608,10 @@ def test_eval_suite_tabulates_paired_differences_against_the_baseline(tmp_path, 
 def test_eval_suite_bad_input(tmp_path, capsys, setup, argv, words):
     if setup:
         (tmp_path / "imgs").mkdir()
-    if setup == "one":
+    if setup in ("one", "one-bad"):
         Image.new("RGB", (64, 48)).save(tmp_path / "imgs" / "x.png")
+    if setup == "one-bad":
+        (tmp_path / "imgs" / "z_broken.png").write_bytes(b"not a picture")
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert cli("eval-suite", *args, "--out", tmp_path / "suite", "--device", "cpu", "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -27,10 +27,16 @@ def _read_picture(path: str, flag: str):
     """load_rgb with the option named in the message."""
     from ..image_io import load_rgb
 
+    from ..pyramid import MIN_SIDE
+
     try:
-        return load_rgb(path)
+        picture = load_rgb(path)
     except UserError as e:
         raise UserError(f"{flag}: {e}") from None
+    if min(picture.size) < MIN_SIDE:  # as `sinddm train`: below the smallest scale any model learns at
+        raise UserError(f"{flag} '{path}': {picture.width}x{picture.height} px (w x h) is too small; give a "
+                        f"picture at least {MIN_SIDE} px on its short side")
+    return picture
 
 
 def _max_pixels(loaded) -> int:
