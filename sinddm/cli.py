@@ -365,6 +365,10 @@ def _train(args, out: Path, device, config, image) -> int:
         trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image),
                           precision=args.precision)
     steps = args.steps or trainer.config.train.steps
+    if args.resume and trainer.step >= steps:
+        print(f"{out}: already at step {trainer.step} of {steps}; nothing to train (pass --steps N to train "
+              "longer)", file=sys.stderr)
+        return 0
     if args.steps:
         trainer.config.train.steps = steps
         atomic_write_bytes(out / "config.yaml", trainer.config.to_yaml().encode())

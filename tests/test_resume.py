@@ -254,12 +254,14 @@ def test_stop_off_the_log_grid_then_resume_logs_like_one_run(tmp_path, capsys):
     assert [r.split(",")[0] for r in (a / "loss.csv").read_text().splitlines()[1:]] == ["3", "6", "9", "11"]
 
 
-def test_resume_at_the_final_step_changes_nothing(tmp_path):
+def test_resume_at_the_final_step_changes_nothing(tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", steps=7)
     a = tmp_path / "a"
     assert cli("train", SMALL, "--config", cfg, "--out", a, "--device", "cpu", "--quiet") == 0
     before = files_under(a)
+    capsys.readouterr()
     assert cli("train", SMALL, "--out", a, "--resume", "--device", "cpu", "--quiet") == 0
+    assert capsys.readouterr().err == f"{a}: already at step 7 of 7; nothing to train (pass --steps N to train longer)\n"
     after = files_under(a)
     assert after.keys() == before.keys()
     for name in ("model.safetensors", "loss.csv", "loss.png", "config.yaml"):
