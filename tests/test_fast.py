@@ -313,3 +313,24 @@ def test_resume_fp32_checkpoint_with_channels_last(pyramid, tmp_path):
     again = [resumed.train_step() for _ in range(3)]
     torch.testing.assert_close(torch.stack(again), torch.stack(losses[4:]), rtol=1e-4, atol=1e-6)
     assert_same_state(full, resumed, exact=False)
+
+
+def test_training_draws_are_uniform_over_scales_and_timesteps(pyramid, tmp_path):
+    """DESIGN §4: each step one scale uniformly at random, t uniform in 0..99 per copy, fresh
+    Gaussian noise of the scale's size (2 scales here; 4000 draws, bounds ~6 standard errors)."""
+    tr = Trainer(tiny_config(), pyramid, tmp_path / "a", CPU, seed=0)
+    scales, ts = [], []
+    for _ in range(4000):
+        s, t, noise = tr.draw_batch()
+        scales.append(s)
+        ts.append(t)
+        assert noise.shape == (2, *tr.clean[s].shape[1:])
+    n0 = scales.count(0)
+    assert abs(n0 - 2000) < 6 * 32  # binomial sd sqrt(4000/4) ≈ 32
+    t = torch.cat(ts)
+    assert int(t.min()) == 0 and int(t.max()) == 99
+    counts = torch.bincount(t, minlength=100)
+    assert counts.shape == (100,) and abs(float(t.float().mean()) - 49.5) < 6 * 28.9 / len(t) ** 0.5
+    assert int(counts.min()) > 0.5 * len(t) / 100  # no timestep starved
+    noise = torch.cat([tr.draw_batch(0)[2].flatten() for _ in range(50)])
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
