@@ -473,3 +473,14 @@ def test_bad_inputs(smoke_run, tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_view_zero_is_224_on_the_short_side_with_the_long_side_capped():
+    """DESIGN §6's view 0 as this library reads it (README, 'Where the spec leaves room'): the short
+    side to 224, the long side in proportion up to 320 (a panorama is squeezed to the cap)."""
+    aug = G.ViewAugmenter()
+    for hw, want in [((186, 248), (224, 299)), ((248, 186), (299, 224)), ((91, 547), (224, 320)),
+                     ((224, 224), (224, 224)), ((100, 100), (224, 224))]:
+        assert tuple(aug.base(torch.rand(1, 3, *hw)).shape[-2:]) == want, hw
+    views = aug(torch.rand(2, 3, 91, 547), generator=torch.Generator().manual_seed(0))
+    assert views.shape == (2 * G.N_VIEWS, 3, 224, 224)  # every view then goes to CLIP's square input
