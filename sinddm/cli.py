@@ -325,16 +325,7 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.image).stem
     config = load_config(args.config) if args.config else None
     image = load_rgb(args.image)
-    try:
-        return _train(args, out, device, config, image)
-    except KeyboardInterrupt:
-        # Before the first save (training itself stops on Ctrl-C after a step and saves it): a
-        # new run folder holding only a config and a preview would block the next try, so it goes.
-        if not args.resume and out.is_dir() and not (out / "checkpoint.pt").exists():
-            _clear_run_folder(out)
-            if not any(out.iterdir()):
-                out.rmdir()
-        raise
+    return _train(args, out, device, config, image)
 
 
 def _train(args, out: Path, device, config, image) -> int:
@@ -359,11 +350,19 @@ def _train(args, out: Path, device, config, image) -> int:
         _prepare_out(out, args.overwrite, "run folder", "--overwrite (or --resume to continue it)")
         if args.steps:
             config.train.steps = args.steps
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.yaml", config.to_yaml().encode())
-        pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
-        trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image),
-                          precision=args.precision)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / "config.yaml", config.to_yaml().encode())
+            pyramid_preview(pyr, out / "pyramid.png", start_timesteps(Schedule.cosine(), pyr.blur_distance))
+            trainer = Trainer(config, pyr, out, device, seed=args.seed, source=str(args.image),
+                              precision=args.precision)
+        except KeyboardInterrupt:
+            # Before training starts (it stops on Ctrl-C after a step and saves): a new run holding
+            # only a config and a preview would block the next try, so it goes; other files stay.
+            _clear_run_folder(out)
+            if not any(out.iterdir()):
+                out.rmdir()
+            raise
     steps = args.steps or trainer.config.train.steps
     if args.resume and trainer.step >= steps:
         print(f"{out}: already at step {trainer.step} of {steps}; nothing to train (pass --steps N to train "

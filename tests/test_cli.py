@@ -581,6 +581,22 @@ def test_train_interrupted_before_its_first_save_leaves_no_folder(tmp_path, tiny
     assert not out.exists()
 
 
+def test_train_interrupted_before_it_owns_the_folder_leaves_an_existing_run_alone(smoke_run, tmp_path, monkeypatch):
+    import sinddm.pyramid
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "checkpoint.pt").unlink()  # like a converted run: a model and no training state
+    before = sorted(p.name for p in run.iterdir())
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sinddm.pyramid, "build_pyramid", interrupt)  # before the folder is checked
+    assert cli("train", SMALL, "--out", run, "--device", "cpu", "--quiet") == 130
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_train_resume_and_overwrite_contradict(tmp_path, tiny_config, capsys):
     assert cli("train", SMALL, "--out", tmp_path / "run", "--resume", "--overwrite", "--device", "cpu") == 2
     assert "give one of them" in _one_error_line(capsys.readouterr().err)
