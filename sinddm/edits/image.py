@@ -26,7 +26,6 @@ def _start_t(v: str) -> int:
 def _read_picture(path: str, flag: str):
     """load_rgb with the option named in the message."""
     from ..image_io import load_rgb
-
     from ..pyramid import MIN_SIDE
 
     try:
