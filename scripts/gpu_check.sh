@@ -14,7 +14,8 @@
 #   small  the shipped small model's recipe (configs/small.yaml on assets/hubble.jpg) -> small_run/
 #   ship   the width-160 model to ship: SHIP_CONFIG (default configs/fast.yaml) on
 #          assets/hubble.jpg, seed 0 -> ship/: model.safetensors, sha256, loss, grids at
-#          1x1/1x2/2x1, `sinddm eval` metrics.json + report.png
+#          1x1/1x2/2x1, `sinddm eval` metrics.json + report.png, and `sinddm eval-compare` of the same
+#          24 seeds drawn with --precision fp32 and fast (paired differences, side-by-side picture)
 #
 # Writes nothing outside the repository except under /tmp. Every part has its own
 # `timeout`, and each part's limit shrinks to fit a hard total of TOTAL_S (default
@@ -171,6 +172,12 @@ part_ship() {  # the width-160 model to ship: SHIP_CONFIG on assets/hubble.jpg, 
     part "ship: sinddm eval (24 samples)" 60 $PY -m sinddm eval "$run" --num 24 --seed 0 --out "$RUN/ship_eval" \
         --overwrite --quiet 2>&1 | tail -n 12
     for f in metrics.json report.png; do [ -f "$RUN/ship_eval/$f" ] && cp "$RUN/ship_eval/$f" "$OUT/ship/"; done
+    # the same 24 seeds drawn with --precision fp32: paired metric differences fast - fp32
+    part "ship: sinddm eval --precision fp32" 60 $PY -m sinddm eval "$run" --num 24 --seed 0 --precision fp32 \
+        --out "$RUN/ship_eval_fp32" --overwrite --quiet 2>&1 | tail -n 3
+    part "ship: eval-compare fast vs fp32" 30 $PY -m sinddm eval-compare "$RUN/ship_eval_fp32" "$RUN/ship_eval" \
+        --json "$OUT/ship/compare_fast_vs_fp32.json" --png "$OUT/ship/compare_fast_vs_fp32.png" \
+        2>&1 | tee "$OUT/ship/compare_fast_vs_fp32.txt"
     true
 }
 
