@@ -23,8 +23,8 @@ def _start_t(v: str) -> int:
     return int_arg("--start-t", 1, 99)(v)
 
 
-def _read_picture(path: str, flag: str):
-    """load_rgb with the option named in the message."""
+def _read_picture(path: str, flag: str, check_size: bool = True):
+    """load_rgb with the option named in the message (and, unless `check_size` is off, big enough)."""
     from ..image_io import load_rgb
     from ..pyramid import MIN_SIDE
 
@@ -32,7 +32,7 @@ def _read_picture(path: str, flag: str):
         picture = load_rgb(path)
     except UserError as e:
         raise UserError(f"{flag}: {e}") from None
-    if min(picture.size) < MIN_SIDE:  # as `sinddm train`: below the smallest scale any model learns at
+    if check_size and min(picture.size) < MIN_SIDE:  # as `sinddm train`: below the smallest scale any model learns at
         raise UserError(f"{flag} '{path}': {picture.width}x{picture.height} px (w x h) is too small; give a "
                         f"picture at least {MIN_SIDE} px on its short side")
     return picture
@@ -64,7 +64,7 @@ class Harmonize:
         from ..image_io import to_tensor
 
         composite = _read_picture(args.composite, "--composite")
-        mask_picture = _read_picture(args.mask, "--mask")
+        mask_picture = _read_picture(args.mask, "--mask", check_size=False)  # must match --composite
         if mask_picture.size != composite.size:
             raise UserError(f"--mask '{args.mask}': {mask_picture.width}x{mask_picture.height} px but --composite "
                             f"'{args.composite}' is {composite.width}x{composite.height} px; give a mask of the "
