@@ -20,6 +20,11 @@ EPILOG = "Docs and examples: README.md. Paper: Kulikov et al., SinDDM, ICML 2023
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # '-1,10,16,16' is a (bad) box value, not an option: then its own check names the problem
+        self._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
+
     def error(self, message: str):  # one line, exit 2 (argparse prints usage too by default)
         raise UserError(f"{self.prog}: {message} (see --help)")
 

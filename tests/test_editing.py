@@ -402,6 +402,7 @@ BAD = {
     "target_out_of_bounds": ("roi-copy", ["--source", "0,0,30,30", "--target", "0,100,30,30"], "--target"),
     "malformed_box": ("roi-copy", ["--source", "0,0,30", "--target", "0,0,30,30"], "--source"),
     "negative_box": ("roi-copy", ["--source", "0,0,30,30", "--target", "-1,0,30,30"], "--target"),
+    "negative_source": ("roi-copy", ["--source", "-1,10,30,30", "--target", "0,0,30,30"], "y and x must be >= 0"),
     "bad_start_t": ("roi-copy", ["--source", "0,0,30,30", "--target", "0,0,30,30", "--start-t", "5"], "--start-t"),
 }
 
