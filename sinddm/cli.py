@@ -457,8 +457,32 @@ def sample_plan(args) -> dict:
             raise UserError(f"--scale0-steps must be in 2..100, got {args.scale0_steps}")
         if args.start_t and len(args.start_t) == pyr.n_scales:
             raise UserError("--scale0-steps and a T[0] in --start-t both set scale 0's steps; give one of them")
+    _check_memory(sizes, loaded.model.dim, args.batch_size, device)
     out = output_folder(loaded, args)
     return {"device": device, "loaded": loaded, "sizes": sizes, "start_t": start_t, "out": out}
+
+
+def _check_memory(sizes, dim: int, batch_size: int | None, device) -> None:
+    """On a CPU, refuse a size that cannot fit even one image (the OS would kill the process with
+    no message) and an explicit --batch-size that cannot fit (naming one that would). On a GPU an
+    out-of-memory error is raised, and reported in one line, by torch itself."""
+    from .pipeline import auto_batch_size, available_memory, memory_needed
+
+    free = available_memory(device) if device.type == "cpu" else None
+    if free is None:
+        return
+    h, w = sizes[-1]
+    where = "memory available"
+    one = memory_needed(sizes, dim, 1)
+    if one > free:
+        raise UserError(f"sampling {h}x{w} px (h x w) with this width-{dim} model needs about {one / 2**30:.1f} GiB "
+                        f"per image, more than the {free / 2**30:.1f} GiB {where}; ask for a smaller --size or "
+                        "--scale-hw")
+    bs = batch_size or auto_batch_size(sizes, dim, device)
+    if memory_needed(sizes, dim, bs) > free:
+        raise UserError(f"--batch-size {bs}: {bs} images of {h}x{w} px (h x w) need about "
+                        f"{memory_needed(sizes, dim, bs) / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
+                        f"{where}; use --batch-size {max(1, int(free // one))} or less")
 
 
 # -- shared by sample, edit and run -----------------------------------------------------------

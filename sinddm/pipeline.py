@@ -34,6 +34,31 @@ def auto_batch_size(sizes_hw: list[tuple[int, int]], dim: int, device: torch.dev
     return max(1, min(CPU_BATCH_CAP, int(budget // max(per_sample, 1))))
 
 
+# What a sample's finest-scale forward really holds at once (measured: the shipped width-48 model at
+# 800x944 px on a CPU peaked ~3.7 maps of `dim` channels above start-up): the floor for refusing.
+_NEEDED_MAPS = 4
+
+
+def memory_needed(sizes_hw: list[tuple[int, int]], dim: int, batch: int) -> int:
+    """Bytes that sampling `batch` images at `sizes_hw` needs at least (the finest scale dominates)."""
+    h, w = max(sizes_hw, key=lambda hw: hw[0] * hw[1])
+    return batch * h * w * dim * 4 * _NEEDED_MAPS
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes where sampling runs: the GPU's free memory, or the OS's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:  # Linux; elsewhere unknown (no check)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def batch_seed(seed: int, index: int) -> int:
     """Seed of batch `index`: samples depend on (seed, batch size), not on how many are asked for."""
     return seed + 1_000_003 * index

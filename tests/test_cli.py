@@ -609,3 +609,24 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli("--version")
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sinddm {__version__}"
+
+
+def test_sample_refuses_what_cannot_fit_in_memory_before_any_work(smoke_run, tmp_path, monkeypatch, capsys):
+    import sinddm.pipeline as P
+
+    loaded = load_model(smoke_run)
+    sizes = [(2 * h, 2 * w) for h, w in loaded.pyramid.sizes_hw]
+    one = P.memory_needed(sizes, loaded.model.dim, 1)
+    assert one == 4 * sizes[-1][0] * sizes[-1][1] * loaded.model.dim * P._NEEDED_MAPS
+    monkeypatch.setattr(P, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    monkeypatch.setattr(P, "available_memory", lambda device: one - 1)
+    assert sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"sampling {sizes[-1][0]}x{sizes[-1][1]} px (h x w)" in line and "per image" in line
+    monkeypatch.setattr(P, "available_memory", lambda device: 3 * one)
+    assert sample(smoke_run, tmp_path / "o", "--num", 8, "--batch-size", 8, "--scale-hw", 2, 2) == 2
+    assert "use --batch-size 3 or less" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(P, "available_memory", lambda device: None)  # unknown: no check, sampling goes on
+    with pytest.raises(pytest.fail.Exception, match="sampled before the check"):
+        sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2)
