@@ -217,7 +217,7 @@ def load_config(path: str | Path | None) -> Config:
     try:
         raw = path.read_bytes()
     except PermissionError:
-        raise UserError(f"{name}: cannot be read (permission denied); fix its permissions") from None
+        raise UserError(f"{name}: cannot be read (permission denied); check the file's permissions") from None
     except OSError as e:
         raise UserError(f"{name}: cannot be read ({e.strerror or e}); give a readable YAML file") from None
     try:
