@@ -479,9 +479,9 @@ def _check_memory(sizes, dim: int, batch_size: int | None, device) -> None:
                         f"per image, more than the {free / 2**30:.1f} GiB {where}; ask for a smaller --size or "
                         "--scale-hw")
     bs = batch_size or auto_batch_size(sizes, dim, device)
-    if memory_needed(sizes, dim, bs) > free:
+    if bs * one > free:
         raise UserError(f"--batch-size {bs}: {bs} images of {h}x{w} px (h x w) need about "
-                        f"{memory_needed(sizes, dim, bs) / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
+                        f"{bs * one / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
                         f"{where}; use --batch-size {max(1, int(free // one))} or less")
 
 

@@ -158,7 +158,8 @@ def render_comparison(path: Path, base: tuple[str, Path, dict], others: list[tup
 def cmd_eval_compare(args) -> int:
     base_path = find_metrics(args.base)
     base = read_metrics(base_path)
-    others = [(arg, read_metrics(find_metrics(arg))) for arg in args.others]
+    paths = {arg: find_metrics(arg) for arg in args.others}
+    others = [(arg, read_metrics(paths[arg])) for arg in args.others]
     results = [(arg, compare(base, m, args.base, arg)) for arg, m in others]  # all checked before any output
     for flag, f in (("--json", args.json), ("--png", args.png)):
         if f and Path(f).is_dir():
@@ -170,13 +171,13 @@ def cmd_eval_compare(args) -> int:
         raise UserError(f"--png '{args.png}': give a file name ending in .png")
     if args.png:  # before any output: a picture that cannot be drawn is an error like any bad input
         why = render_comparison(Path(args.png), (args.base, base_path, base),
-                                [(arg, find_metrics(arg), m, c) for (arg, m), (_, c) in zip(others, results)])
+                                [(arg, paths[arg], m, c) for (arg, m), (_, c) in zip(others, results)])
         if why:
             raise UserError(f"--png '{args.png}': {why}")
     blocks = ["\n".join(format_comparison(c, args.base, arg)) for arg, c in results]
     print("\n\n".join(blocks))
     if args.json:
-        doc = {"base": str(base_path), "comparisons": [{"other": str(find_metrics(arg)), **c} for arg, c in results]}
+        doc = {"base": str(base_path), "comparisons": [{"other": str(paths[arg]), **c} for arg, c in results]}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.png:
