@@ -348,10 +348,12 @@ def _train(args, out: Path, device, config, image) -> int:
             raise UserError(f"--resume: image '{args.image}' is not the image the run in '{out}' was trained on")
         if trainer.resume_note:
             print(f"resume: {trainer.resume_note}", file=sys.stderr)
+        _check_train_memory(trainer.pyramid.sizes_hw, trainer.config, device)
     else:
         from .config import Config
         config = config or Config()
         pyr = build_pyramid(image, config.image.max_pixels, name=f"image '{args.image}'")
+        _check_train_memory(pyr.sizes_hw, config, device)
         _prepare_out(out, args.overwrite, "run folder", "--overwrite (or --resume to continue it)")
         if args.steps:
             config.train.steps = args.steps
@@ -397,6 +399,30 @@ def _train(args, out: Path, device, config, image) -> int:
     skipped = f"; {trainer.skipped_steps} steps with a NaN/inf loss were skipped" if trainer.skipped_steps else ""
     print(f"done: {out / 'model.safetensors'} (sample with: sinddm sample {out}){skipped}", file=sys.stderr)
     return 0
+
+
+def _check_train_memory(sizes_hw, config, device) -> None:
+    """On a CPU, refuse a run whose largest step cannot fit in memory (the OS would kill it with no
+    message, possibly hours in, when the random scale first lands on it). On a GPU torch raises."""
+    from .config import scale_batch_sizes
+    from .pipeline import available_memory
+    from .training import train_memory_needed
+
+    free = available_memory(device) if device.type == "cpu" else None
+    if free is None:
+        return
+    tc, dim = config.train, config.model.dim
+    batches = scale_batch_sizes(tc, len(sizes_hw))
+    need = train_memory_needed(sizes_hw, batches, dim)
+    if need <= free:
+        return
+    s = max(range(len(sizes_hw)), key=lambda i: batches[i] * sizes_hw[i][0] * sizes_hw[i][1])
+    (h, w), b = sizes_hw[s], batches[s]
+    fits = max(1, int(b * free // need))
+    key = f"train.coarse_batch_sizes[{s}]" if s < len(tc.coarse_batch_sizes) else "train.batch_size"
+    raise UserError(f"training width {dim} with batch {b} at {h}x{w} px (h x w) needs about {need / 2**30:.1f} GiB, "
+                    f"more than the {free / 2**30:.1f} GiB memory available; set {key} to {fits} or less, or "
+                    "lower image.max_pixels, in a config (configs/cpu.yaml is made for a CPU)")
 
 
 def _write_training_grid(out: Path, n: int, device, seed: int, quiet: bool, precision: str) -> None:

@@ -611,6 +611,55 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sinddm {__version__}"
 
 
+def test_train_refuses_a_run_that_cannot_fit_in_memory_before_any_work(tiny_config, tmp_path, monkeypatch, capsys):
+    import sinddm.pipeline as P
+    import sinddm.training as T
+
+    cfg = load_config(tiny_config)
+    sizes = build_pyramid(load_rgb(SMALL), cfg.image.max_pixels).sizes_hw
+    need = T.train_memory_needed(sizes, [2] * len(sizes), cfg.model.dim)
+    (h, w) = sizes[-1]  # batch 2 everywhere: the finest scale is the largest step
+    assert need == 2 * h * w * cfg.model.dim * 4 * T._TRAIN_MAPS
+    monkeypatch.setattr(T.Trainer, "__init__", lambda *a, **k: pytest.fail("trained before the check"))
+    monkeypatch.setattr(P, "available_memory", lambda device: need - 1)
+    run = tmp_path / "run"
+    assert cli("train", SMALL, "--config", tiny_config, "--out", run, "--device", "cpu", "--quiet") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"training width 8 with batch 2 at {h}x{w} px (h x w)" in line
+    assert "set train.batch_size to 1 or less" in line and not run.exists()
+
+    # A per-scale batch that makes a coarse scale the largest step is the one named.
+    data = yaml.safe_load(tiny_config.read_text())
+    data["train"]["coarse_batch_sizes"] = [40]
+    big = tmp_path / "coarse.yaml"
+    big.write_text(yaml.safe_dump(data))
+    (h0, w0) = sizes[0]
+    need0 = T.train_memory_needed(sizes, [40, 2], 8)
+    assert need0 == 40 * h0 * w0 * 8 * 4 * T._TRAIN_MAPS > need
+    monkeypatch.setattr(P, "available_memory", lambda device: need0 // 2)
+    assert cli("train", SMALL, "--config", big, "--out", run, "--device", "cpu", "--quiet") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"batch 40 at {h0}x{w0} px" in line and "set train.coarse_batch_sizes[0] to 20 or less" in line
+
+    # Unknown (no /proc/meminfo) or enough: training goes ahead.
+    monkeypatch.setattr(P, "available_memory", lambda device: None)
+    with pytest.raises(pytest.fail.Exception, match="trained before the check"):
+        cli("train", SMALL, "--config", tiny_config, "--out", run, "--device", "cpu", "--quiet")
+
+
+def test_train_resume_checks_memory_too(tiny_config, tmp_path, monkeypatch, capsys):
+    import sinddm.pipeline as P
+
+    run = tmp_path / "run"
+    assert cli("train", SMALL, "--config", tiny_config, "--out", run, "--steps", 3, "--device", "cpu", "--quiet") == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(P, "available_memory", lambda device: 1)
+    assert cli("train", SMALL, "--out", run, "--resume", "--steps", 8, "--device", "cpu", "--quiet") == 2
+    assert "GiB memory available" in _one_error_line(capsys.readouterr().err)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
 def test_sample_refuses_what_cannot_fit_in_memory_before_any_work(smoke_run, tmp_path, monkeypatch, capsys):
     import sinddm.pipeline as P
 
