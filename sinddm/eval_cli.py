@@ -269,8 +269,11 @@ def cmd_eval(args) -> int:
     m = evaluate_run(loaded, out, num=args.num, seed=args.seed, samples_dir=args.samples, start_t=start_t,
                      device=device, batch_size=args.batch_size, precision=args.precision,
                      inception_weights=args.inception_weights, progress=not args.quiet)
-    print(f"{m['num_samples']} samples vs the training image "
-          f"({m['training_image_hw'][1]}x{m['training_image_hw'][0]} px), metrics in "
+    shw, thw = m["sample_hw"], m["training_image_hw"]
+    # Patch SWD, copying and SIFID compare patch statistics, so other sizes are fair; say which.
+    of = "" if shw == thw else (" of mixed sizes" if shw is None else f" of {shw[1]}x{shw[0]} px")
+    print(f"{m['num_samples']} samples{of} vs the training image "
+          f"({thw[1]}x{thw[0]} px), metrics in "
           f"{m['timing_s']['total']:.1f} s:", file=sys.stderr)
     print("\n".join(_summary_lines(m, short=True)), file=sys.stderr)
     for k, why in m["skipped"].items():

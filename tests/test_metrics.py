@@ -420,6 +420,19 @@ def test_eval_of_a_missing_run(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
+def test_eval_names_the_samples_size_when_it_is_not_the_training_image_s(tiny_run, tmp_path, capsys):
+    ref = load_model(tiny_run).pyramid.levels[-1]
+    h, w = ref.shape[:2]
+    wide = np.concatenate([ref, ref[:, ::-1]], axis=1)
+    cases = {"same": ([ref, ref[::-1]], f"2 samples vs the training image ({w}x{h} px)"),
+             "wide": ([wide, wide[::-1]], f"2 samples of {2 * w}x{h} px vs the training image ({w}x{h} px)"),
+             "mixed": ([ref, wide], f"2 samples of mixed sizes vs the training image ({w}x{h} px)")}
+    for name, (pictures, line) in cases.items():
+        capsys.readouterr()
+        _eval_folder(tiny_run, tmp_path, name, pictures)
+        assert capsys.readouterr().err.splitlines()[0].startswith(line + ", metrics in ")
+
+
 # ---------------------------------------------------------------------------------------
 # CLI: sinddm eval-compare
 # ---------------------------------------------------------------------------------------
