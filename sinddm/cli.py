@@ -406,17 +406,18 @@ def _check_train_memory(sizes_hw, config, device) -> None:
     message, possibly hours in, when the random scale first lands on it). On a GPU torch raises."""
     from .config import scale_batch_sizes
     from .pipeline import available_memory
-    from .training import train_memory_needed
+    from .training import train_memory_by_scale
 
     free = available_memory(device) if device.type == "cpu" else None
     if free is None:
         return
     tc, dim = config.train, config.model.dim
     batches = scale_batch_sizes(tc, len(sizes_hw))
-    need = train_memory_needed(sizes_hw, batches, dim)
+    needs = train_memory_by_scale(sizes_hw, batches, dim)
+    need = max(needs)
     if need <= free:
         return
-    s = max(range(len(sizes_hw)), key=lambda i: batches[i] * sizes_hw[i][0] * sizes_hw[i][1])
+    s = needs.index(need)
     (h, w), b = sizes_hw[s], batches[s]
     fits = max(1, int(b * free // need))
     key = f"train.coarse_batch_sizes[{s}]" if s < len(tc.coarse_batch_sizes) else "train.batch_size"

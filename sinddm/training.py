@@ -90,9 +90,14 @@ def resolve_device(name: str) -> torch.device:
 _TRAIN_MAPS = 12
 
 
+def train_memory_by_scale(sizes_hw: list[tuple[int, int]], batches: list[int], dim: int) -> list[int]:
+    """Bytes that a training step at each scale needs at least."""
+    return [b * h * w * dim * 4 * _TRAIN_MAPS for (h, w), b in zip(sizes_hw, batches)]
+
+
 def train_memory_needed(sizes_hw: list[tuple[int, int]], batches: list[int], dim: int) -> int:
     """Bytes that a training step needs at least, at its most demanding scale."""
-    return max(b * h * w * dim * 4 * _TRAIN_MAPS for (h, w), b in zip(sizes_hw, batches))
+    return max(train_memory_by_scale(sizes_hw, batches, dim))
 
 
 class NonFiniteLoss(UserError):
