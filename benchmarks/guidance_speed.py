@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     from sinddm.clip import ClipSpec, load_clip
     from sinddm.guidance import GuidanceParams, TextGuide, autocast_model, sample_guided
     from sinddm.pipeline import generate
-    from sinddm.training import resolve_device, resolve_precision
+    from sinddm.devices import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)

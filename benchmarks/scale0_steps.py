@@ -27,7 +27,7 @@ from sinddm.checkpoint import load_model  # noqa: E402
 from sinddm.image_io import to_uint8  # noqa: E402
 from sinddm.metrics import EvalSettings, evaluate  # noqa: E402
 from sinddm.pipeline import generate  # noqa: E402
-from sinddm.training import resolve_device  # noqa: E402
+from sinddm.devices import resolve_device  # noqa: E402
 
 
 def main() -> None:

@@ -358,7 +358,7 @@ class Worker:
         from sinddm.model import Denoiser
         from sinddm.samplers import draw_pyramid_noise, sample_pyramid, sample_scale_from_noise
         from sinddm.schedule import Schedule, blend_gammas, start_timesteps
-        from sinddm.training import resolve_precision
+        from sinddm.devices import resolve_precision
 
         if self.trainer is not None:
             model = self.trainer.model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .pyramid import DEFAULT_MAX_PIXELS, MIN_SIDE
 
 
 @dataclass
 class ImageConfig:
-    max_pixels: int = 50_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -113,7 +115,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         if not cond:
             raise UserError(f"{source}: {msg}")
 
-    need(cfg.image.max_pixels >= 42 * 42, "image.max_pixels must be at least 1764 (42x42)")
+    need(cfg.image.max_pixels >= MIN_SIDE ** 2, f"image.max_pixels must be at least {MIN_SIDE ** 2} ({MIN_SIDE}x{MIN_SIDE})")
     need(cfg.model.dim >= 2 and cfg.model.dim % 2 == 0, "model.dim must be an even number >= 2")
     t = cfg.train
     need(t.steps >= 1, "train.steps must be >= 1")
@@ -235,4 +237,6 @@ def load_config(path: str | Path | None) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{name}: not valid YAML{where}; fix the syntax") from None
+    if data is None:  # an empty file is valid YAML for "nothing set": say what that means
+        print(f"note: {name} is empty: training with the paper's recipe (configs/paper.yaml)", file=sys.stderr)
     return config_from_dict(data, source=name)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import _positive_int, _prepare_out, _seed
+from .cli.common import positive_int as _positive_int, seed_arg as _seed
+from .runs import prepare_out as _prepare_out
 from .errors import UserError
 
 EVAL_FORMAT = "sinddm-eval/1"
@@ -138,7 +139,7 @@ def evaluate_run(loaded, out: Path, *, num: int | None, seed: int, samples_dir: 
     """Draw (or read) samples, measure them, write metrics.json and report.png into `out`."""
     import torch
 
-    from .cli import write_outputs
+    from .cli.common import write_outputs
     from .image_io import to_uint8
     from .metrics import evaluate
     from .pipeline import generate
@@ -252,8 +253,8 @@ def _apply_threads(args) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .cli import load_run, parse_start_t
-    from .training import resolve_device
+    from .cli.common import load_run, parse_start_t
+    from .devices import resolve_device
 
     device = resolve_device(args.device)
     _apply_threads(args)
@@ -377,19 +378,11 @@ def _run_state(run: Path, cfg, image: Path) -> tuple[str, int]:
 
 
 def _train(image: Path, cfg_path: Path, run: Path, steps: int, args, mode: str) -> None:
-    from .cli import build_parser, cmd_train
+    from .runs import train_run
 
-    argv = ["train", str(image), "--out", str(run), "--steps", str(steps), "--device", args.device,
-            "--seed", str(args.seed), "--precision", args.precision]
-    if mode == "resume":
-        argv.append("--resume")
-    else:
-        argv += ["--config", str(cfg_path)]
-        if mode == "restart":
-            argv.append("--overwrite")
-    if args.quiet:
-        argv.append("--quiet")
-    cmd_train(build_parser().parse_args(argv))
+    train_run(image, run, None if mode == "resume" else cfg_path, steps=steps, seed=args.seed,
+              device=args.device, precision=args.precision, resume=mode == "resume",
+              overwrite=mode == "restart", progress=not args.quiet)
 
 
 def _eval_key(loaded, args, weights_key) -> dict:
@@ -415,7 +408,7 @@ def _cached_metrics(eval_dir: Path, key: dict) -> dict | None:
 
 def cmd_eval_suite(args) -> int:
     from .checkpoint import load_model
-    from .training import resolve_device
+    from .devices import resolve_device
 
     device = resolve_device(args.device)
     _apply_threads(args)

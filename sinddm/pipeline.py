@@ -1,67 +1,48 @@
-"""Batch generation on top of the samplers: memory-safe batches and per-batch seeds."""
+"""Batch generation on top of the samplers: memory-safe batches and per-batch seeds.
+
+`seeded_batches` is the one batching loop of the library: sampling and every edit mode call it,
+so that batch b of any path is seeded with `batch_seed(seed, b)`.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import LoadedModel
+from .devices import auto_batch_size, resolve_precision
 from .fast import FastPyramidSampler, prepare_backends, sampling_options
 from .samplers import sample_pyramid
 from .schedule import Schedule
 
-# Rough float32 bytes per pixel per sample held at once by the denoiser's forward
-# pass under no_grad (a few feature maps of `dim` channels plus the image tensors).
-_LIVE_MAPS = 6
-
-
-# On a CPU, larger batches are slower per image once activations leave the caches (shipped
-# width-48 model, 101x118 px, 2 cores: 3.4 / 3.9 / 4.1 / 5.1 s per image at batch 2 / 4 / 8 / 24).
-CPU_BATCH_CAP = 4
-
-
-def auto_batch_size(sizes_hw: list[tuple[int, int]], dim: int, device: torch.device) -> int:
-    """The largest batch whose finest-scale activations fit a conservative budget (at most
-    `CPU_BATCH_CAP` on a CPU)."""
-    h, w = sizes_hw[-1]
-    per_sample = h * w * dim * 4 * _LIVE_MAPS
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(free // 2 // max(per_sample, 1)))
-    budget = 2 * 1024 ** 3
-    return max(1, min(CPU_BATCH_CAP, int(budget // max(per_sample, 1))))
-
-
-# What a sample's finest-scale forward really holds at once (measured: the shipped width-48 model at
-# 800x944 px on a CPU peaked ~3.7 maps of `dim` channels above start-up): the floor for refusing.
-_NEEDED_MAPS = 4
-
-
-def memory_needed(sizes_hw: list[tuple[int, int]], dim: int, batch: int) -> int:
-    """Bytes that sampling `batch` images at `sizes_hw` needs at least (the finest scale dominates)."""
-    h, w = max(sizes_hw, key=lambda hw: hw[0] * hw[1])
-    return batch * h * w * dim * 4 * _NEEDED_MAPS
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes where sampling runs: the GPU's free memory, or the OS's MemAvailable; None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:  # Linux; elsewhere unknown (no check)
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+BATCH_SEED_STRIDE = 1_000_003
 
 
 def batch_seed(seed: int, index: int) -> int:
     """Seed of batch `index`: samples depend on (seed, batch size), not on how many are asked for."""
-    return seed + 1_000_003 * index
+    return seed + BATCH_SEED_STRIDE * index
+
+
+def seeded_batches(num: int, batch_size: int, seed: int,
+                   fn: Callable[[int, int], torch.Tensor]) -> list[torch.Tensor]:
+    """`fn(n, batch_seed(seed, b))` for each batch b of at most `batch_size` of `num` images;
+    the images (N×3×H×W per call) come back as one list of 3×H×W CPU tensors."""
+    out: list[torch.Tensor] = []
+    for b in range(math.ceil(num / batch_size)):
+        n = min(batch_size, num - b * batch_size)
+        out.extend(fn(n, batch_seed(seed, b)).float().cpu().contiguous())  # the CPU fast path leaves NHWC strides
+    return out
+
+
+def generator(device: torch.device | str, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def progress_bar(total: int, desc: str, progress: bool = True):
+    return tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
 
 
 def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
@@ -76,8 +57,6 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     batch b always draws from its own generator seeded with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     """
-    from .training import resolve_precision
-
     device = torch.device(device)
     resolve_precision(precision, device)  # rejects unknown names
     model = loaded.model.to(device).eval()
@@ -88,23 +67,17 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
         schedule0 = Schedule.cosine_respaced(scale0_steps, schedule.num_timesteps, device)
         start_t = [schedule0.num_timesteps, *start_t[1:]]
     bs = batch_size or auto_batch_size(sizes_hw, model.dim, device)
-    n_batches = math.ceil(num / bs)
-    steps_per_batch = sum(start_t)
-    out: list[torch.Tensor] = []
     fast = None
     opts = sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
     if opts is not None:
         prepare_backends(device)
         fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device, opts, schedule0=schedule0)
-    with tqdm(total=n_batches * steps_per_batch, desc="sample", unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for b in range(n_batches):
-            n = min(bs, num - b * bs)
-            gen = torch.Generator(device=device).manual_seed(batch_seed(seed, b))
+    with progress_bar(math.ceil(num / bs) * sum(start_t), "sample", progress) as bar:
+        def one(n: int, s: int) -> torch.Tensor:
+            gen = generator(device, s)
             if fast is not None:
-                outs = fast.sample(n, gen, progress=bar)
-            else:
-                outs = sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
-                                      device=device, progress=bar, schedule0=schedule0)
-            out.extend(outs[-1].cpu().contiguous())  # the CPU fast path leaves NHWC strides
-    return out
+                return fast.sample(n, gen, progress=bar)[-1]
+            return sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
+                                  device=device, progress=bar, schedule0=schedule0)[-1]
+
+        return seeded_batches(num, bs, seed, one)

@@ -10,7 +10,7 @@ edits plug in there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -115,27 +115,49 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
                    start_t: list[int], batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu", x0_hook: X0Hook = None,
                    progress=None, schedule0: Schedule | None = None,
-                   step_draws: bool = True) -> list[torch.Tensor]:
-    """Coarse-to-fine generation of `batch` images; returns every scale's output.
+                   step_draws: bool = True, hooks: Sequence[X0Hook] | None = None) -> list[torch.Tensor]:
+    """Coarse-to-fine generation of `batch` images; returns every scale's output (method §5).
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
     `schedule0` is scale 0's schedule if not `schedule`: a respaced one takes fewer steps.
+    `hooks[s]` (None for none) is scale s's x̂0 hook; without `hooks`, `x0_hook` serves every scale.
     `step_draws`: the finer scales' discarded per-step draws of the reference's sampler
     (`sample_blended`'s `step_noise`); its ROI-guided loop makes none.
     """
+    if hooks is None:
+        hooks = [x0_hook] * len(sizes_hw)
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
     x = sample_ddpm(model, schedule0 or schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],
-                    x0_hook=x0_hook, progress=progress)
+                    x0_hook=hooks[0], progress=progress)
     outputs.append(x)
     for s in range(1, len(sizes_hw)):
         x_blurry = upsample(x, sizes_hw[s])
         noise = torch.randn(x_blurry.shape, generator=generator, device=device)
         x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
-                           x0_hook=x0_hook, progress=progress,
+                           x0_hook=hooks[s], progress=progress,
                            step_noise=default_noise_sampler(x_blurry, generator) if step_draws else None)
         outputs.append(x)
     return outputs
+
+
+@torch.no_grad()
+def denoise_at_scale(model, schedule: Schedule, x: torch.Tensor, scale: int, t_start: int, noise: torch.Tensor,
+                     ancestral: bool = False, generator: torch.Generator | None = None,
+                     progress=None) -> torch.Tensor:
+    """Noise a finished picture `x` (N×3×H×W) to t = t_start with `noise`, then denoise it at
+    `scale` through steps t_start-1 .. 0 with γ = 0 (method §7): there is no blurry x̃ to mix back.
+
+    Default: the finer-scale sampler with every γ_t = 0, i.e. DDIM (σ = 0) steps on x̂0, so the one
+    noise draw is the only randomness. `ancestral=True` runs DDPM ancestral steps instead, with
+    fresh noise from `generator` at every step (text-roi's final denoising).
+    """
+    if ancestral:
+        x_t = q_sample(schedule, x, t_start, noise)
+        return sample_ddpm(model, schedule, x_t, scale, default_noise_sampler(x_t, generator),
+                           t_start=t_start, progress=progress)
+    zeros = torch.zeros(schedule.num_timesteps, device=x.device, dtype=torch.float32)
+    return sample_blended(model, schedule, x, scale, t_start, zeros, noise, progress=progress)
 
 
 # -- pre-drawn noise (the CUDA-graph sampler replays these loops on static buffers) ------------

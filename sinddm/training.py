@@ -38,6 +38,7 @@ from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
                          load_latest_train_state, pyramid_from_state, pyramid_to_state, remove_stale_temporaries,
                          save_model, save_train_state)
 from .config import Config, config_from_dict, scale_batch_size, scale_batch_sizes
+from .devices import resolve_precision
 from .errors import TrainingStopped, UserError
 from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
 from .model import Denoiser
@@ -61,43 +62,6 @@ def diffusion_loss(model, schedule: Schedule, clean: torch.Tensor, blurry: torch
         x = g * blurry + (1 - g) * clean
     x_t = _bcast(schedule.sqrt_alphas_cumprod[t]) * x + _bcast(schedule.sqrt_one_minus_alphas_cumprod[t]) * noise
     return (model(x_t, t, scale).float() - noise).abs().mean()
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is 'fast' on CUDA and 'fp32' elsewhere; 'fast' falls back to fp32 off CUDA."""
-    if precision not in ("auto", "fp32", "fast"):
-        raise UserError(f"--precision {precision}: use auto, fp32 or fast")
-    if device.type != "cuda":
-        return "fp32"
-    return "fast" if precision == "auto" else precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: unknown device; use auto, cpu or cuda") from None
-
-
-# What one CPU training step holds at its peak, in maps of `dim` channels over the batch at the
-# step's scale (forward activations kept for backward, their gradients, the loss's tensors):
-# measured 13.4 at width 160, batch 8, 244x204 px, and 17-21 at small sizes, where the fixed costs
-# (weights, Adam's moments, the pyramid) weigh more. The floor for refusing a run up front.
-_TRAIN_MAPS = 12
-
-
-def train_memory_by_scale(sizes_hw: list[tuple[int, int]], batches: list[int], dim: int) -> list[int]:
-    """Bytes that a training step at each scale needs at least."""
-    return [b * h * w * dim * 4 * _TRAIN_MAPS for (h, w), b in zip(sizes_hw, batches)]
-
-
-def train_memory_needed(sizes_hw: list[tuple[int, int]], batches: list[int], dim: int) -> int:
-    """Bytes that a training step needs at least, at its most demanding scale."""
-    return max(train_memory_by_scale(sizes_hw, batches, dim))
 
 
 class NonFiniteLoss(UserError):

@@ -612,16 +612,16 @@ def test_version(capsys):
 
 
 def test_train_refuses_a_run_that_cannot_fit_in_memory_before_any_work(tiny_config, tmp_path, monkeypatch, capsys):
-    import sinddm.pipeline as P
+    import sinddm.devices as D
     import sinddm.training as T
 
     cfg = load_config(tiny_config)
     sizes = build_pyramid(load_rgb(SMALL), cfg.image.max_pixels).sizes_hw
-    need = T.train_memory_needed(sizes, [2] * len(sizes), cfg.model.dim)
+    need = D.train_memory_needed(sizes, [2] * len(sizes), cfg.model.dim)
     (h, w) = sizes[-1]  # batch 2 everywhere: the finest scale is the largest step
-    assert need == 2 * h * w * cfg.model.dim * 4 * T._TRAIN_MAPS
+    assert need == 2 * h * w * cfg.model.dim * 4 * D._TRAIN_MAPS
     monkeypatch.setattr(T.Trainer, "__init__", lambda *a, **k: pytest.fail("trained before the check"))
-    monkeypatch.setattr(P, "available_memory", lambda device: need - 1)
+    monkeypatch.setattr(D, "available_memory", lambda device: need - 1)
     run = tmp_path / "run"
     assert cli("train", SMALL, "--config", tiny_config, "--out", run, "--device", "cpu", "--quiet") == 2
     line = _one_error_line(capsys.readouterr().err)
@@ -634,48 +634,49 @@ def test_train_refuses_a_run_that_cannot_fit_in_memory_before_any_work(tiny_conf
     big = tmp_path / "coarse.yaml"
     big.write_text(yaml.safe_dump(data))
     (h0, w0) = sizes[0]
-    need0 = T.train_memory_needed(sizes, [40, 2], 8)
-    assert need0 == 40 * h0 * w0 * 8 * 4 * T._TRAIN_MAPS > need
-    monkeypatch.setattr(P, "available_memory", lambda device: need0 // 2)
+    need0 = D.train_memory_needed(sizes, [40, 2], 8)
+    assert need0 == 40 * h0 * w0 * 8 * 4 * D._TRAIN_MAPS > need
+    monkeypatch.setattr(D, "available_memory", lambda device: need0 // 2)
     assert cli("train", SMALL, "--config", big, "--out", run, "--device", "cpu", "--quiet") == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"batch 40 at {h0}x{w0} px" in line and "set train.coarse_batch_sizes[0] to 20 or less" in line
 
     # Unknown (no /proc/meminfo) or enough: training goes ahead.
-    monkeypatch.setattr(P, "available_memory", lambda device: None)
+    monkeypatch.setattr(D, "available_memory", lambda device: None)
     with pytest.raises(pytest.fail.Exception, match="trained before the check"):
         cli("train", SMALL, "--config", tiny_config, "--out", run, "--device", "cpu", "--quiet")
 
 
 def test_train_resume_checks_memory_too(tiny_config, tmp_path, monkeypatch, capsys):
-    import sinddm.pipeline as P
+    import sinddm.devices as D
 
     run = tmp_path / "run"
     assert cli("train", SMALL, "--config", tiny_config, "--out", run, "--steps", 3, "--device", "cpu", "--quiet") == 0
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     capsys.readouterr()
-    monkeypatch.setattr(P, "available_memory", lambda device: 1)
+    monkeypatch.setattr(D, "available_memory", lambda device: 1)
     assert cli("train", SMALL, "--out", run, "--resume", "--steps", 8, "--device", "cpu", "--quiet") == 2
     assert "GiB memory available" in _one_error_line(capsys.readouterr().err)
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
 def test_sample_refuses_what_cannot_fit_in_memory_before_any_work(smoke_run, tmp_path, monkeypatch, capsys):
+    import sinddm.devices as D
     import sinddm.pipeline as P
 
     loaded = load_model(smoke_run)
     sizes = [(2 * h, 2 * w) for h, w in loaded.pyramid.sizes_hw]
-    one = P.memory_needed(sizes, loaded.model.dim, 1)
-    assert one == 4 * sizes[-1][0] * sizes[-1][1] * loaded.model.dim * P._NEEDED_MAPS
+    one = D.memory_needed(sizes, loaded.model.dim, 1)
+    assert one == 4 * sizes[-1][0] * sizes[-1][1] * loaded.model.dim * D._NEEDED_MAPS
     monkeypatch.setattr(P, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
-    monkeypatch.setattr(P, "available_memory", lambda device: one - 1)
+    monkeypatch.setattr(D, "available_memory", lambda device: one - 1)
     assert sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"sampling {sizes[-1][0]}x{sizes[-1][1]} px (h x w)" in line and "per image" in line
-    monkeypatch.setattr(P, "available_memory", lambda device: 3 * one)
+    monkeypatch.setattr(D, "available_memory", lambda device: 3 * one)
     assert sample(smoke_run, tmp_path / "o", "--num", 8, "--batch-size", 8, "--scale-hw", 2, 2) == 2
     assert "use --batch-size 3 or less" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
-    monkeypatch.setattr(P, "available_memory", lambda device: None)  # unknown: no check, sampling goes on
+    monkeypatch.setattr(D, "available_memory", lambda device: None)  # unknown: no check, sampling goes on
     with pytest.raises(pytest.fail.Exception, match="sampled before the check"):
         sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2)

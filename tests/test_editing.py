@@ -14,10 +14,9 @@ from PIL import Image
 
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
-from sinddm.editing import (Box, binarize_mask, box_outside, harmonization_mask, harmonize, match_histograms,
-                            parse_box,
-                            prepare_content, resize_like_training, roi_copy_hook, roi_hooks, sample_pyramid_hooked,
-                            scale_box)
+from sinddm.editing import harmonize, match_histograms, prepare_content, resize_like_training
+from sinddm.masks import binarize_mask, harmonization_mask
+from sinddm.regions import Box, box_outside, parse_box, roi_copy_hook, roi_hooks, scale_box
 from sinddm.image_io import load_rgb, to_tensor
 from sinddm.pyramid import sample_sizes
 from sinddm.samplers import sample_pyramid
@@ -244,7 +243,7 @@ def test_roi_hooks_copy_each_level_source_patch(loaded):
 def test_hooked_sampler_without_hooks_is_sample_pyramid(loaded):
     args = (loaded.model, loaded.schedule, loaded.gammas, loaded.pyramid.sizes_hw, [2, 1, 1])
     a = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3), step_draws=False)
-    b = sample_pyramid_hooked(*args, 2, [None] * 3, generator=torch.Generator().manual_seed(3))
+    b = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3), step_draws=False, hooks=[None] * 3)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
 
@@ -268,8 +267,8 @@ def test_roi_guided_x0_carries_the_source_into_the_targets(loaded):
         return wrapped
 
     hooks = [recording(s, h) if h else None for s, h in enumerate(roi_hooks(pyr, pyr.sizes_hw, source, targets))]
-    outs = sample_pyramid_hooked(loaded.model, loaded.schedule, loaded.gammas, pyr.sizes_hw, [3, 2, 2], 2, hooks,
-                                 generator=torch.Generator().manual_seed(0))
+    outs = sample_pyramid(loaded.model, loaded.schedule, loaded.gammas, pyr.sizes_hw, [3, 2, 2], 2,
+                          generator=torch.Generator().manual_seed(0), step_draws=False, hooks=hooks)
     assert sorted(last) == list(range(n - 1))
     for s in range(n - 1):
         f = r ** (n - 1 - s)

@@ -21,7 +21,8 @@ from sinddm.pipeline import batch_seed, generate
 from sinddm.pyramid import build_pyramid
 from sinddm.samplers import PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_pyramid_from_noise
 from sinddm.schedule import Schedule, blend_gammas, start_timesteps
-from sinddm.training import Trainer, resolve_precision
+from sinddm.devices import resolve_precision
+from sinddm.training import Trainer
 
 from .conftest import ASSETS
 

@@ -1,4 +1,4 @@
-"""Text guidance (sinddm.guidance, sinddm.edits.text) on a tiny random CLIP and a smoke model.
+"""Text guidance (sinddm.guidance, sinddm.cli.edit_text) on a tiny random CLIP and a smoke model.
 
 The CLIP is `tests/data/tiny-clip.json` (1 layer per tower, 32 px input) with random weights
 saved by a fixture; nothing here may touch the network (a fixture makes sockets fail).
@@ -290,7 +290,7 @@ def test_cli_modes_use_the_design_defaults(smoke_run, loaded, clip, clip_args, t
     f 0.3, η 0.3, from scale 1), text-style (prompt + ' Style', f 1, η 0.3, λ 0.05, finest scale
     only), text-style-transfer (training level N-2 injected, the finest scale sampled) and
     text-roi (100 steps of 0.1 on the low-quality templates, then the finest scale from t = 3)."""
-    from sinddm.edits import text as T
+    from sinddm.cli import edit_text as T
 
     seen = []
     real_guide, real_score_grad = T._guide, G.TextGuide.score_grad

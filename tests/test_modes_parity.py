@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sinddm.editing import harmonization_mask, match_histograms
+from sinddm.editing import match_histograms
+from sinddm.masks import harmonization_mask
 from sinddm.image_io import load_rgb
 from sinddm.samplers import default_noise_sampler, sample_blended, sample_pyramid, upsample
 from sinddm.schedule import Schedule

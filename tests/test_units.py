@@ -437,7 +437,7 @@ def test_make_grid_places_images_row_major_on_background():
 
 
 def test_default_batch_is_capped_on_cpu_and_memory_bound():
-    from sinddm.pipeline import CPU_BATCH_CAP, auto_batch_size
+    from sinddm.devices import CPU_BATCH_CAP, auto_batch_size
 
     cpu = torch.device("cpu")
     assert auto_batch_size([(20, 20), (40, 40)], 16, cpu) == CPU_BATCH_CAP == 4

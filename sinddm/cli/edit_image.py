@@ -1,11 +1,11 @@
-"""Image-guided edit modes: `harmonize`, `style-transfer`, `roi-copy` (DESIGN §7).
+"""Image-guided edit modes of `sinddm edit`: `harmonize`, `style-transfer`, `roi-copy` (method §7).
 
     sinddm edit RUN harmonize --composite IMG --mask MASK [--start-t 5]
     sinddm edit RUN style-transfer --content IMG [--start-t 15]
     sinddm edit RUN roi-copy --source y,x,h,w --target y,x,h,w [y,x,h,w ...] [--scale-hw FH FW | --size HxW]
 
 `validate` reads and checks every input (and keeps what it read on `args.edit_inputs`),
-so that bad input fails before any work or output; `run` does the work (sinddm.editing).
+so that bad input fails before any work or output; `run` calls the library (`sinddm.editing`).
 Edits always run the fp32 eager samplers: --precision has no effect here.
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from . import box_arg
+from .common import box_arg
 
 
 def _start_t(v: str) -> int:
-    from ..cli import int_arg
+    from .common import int_arg
 
     return int_arg("--start-t", 1, 99)(v)
 
@@ -61,7 +61,8 @@ class Harmonize:
     def validate(self, args, loaded) -> None:
         import numpy as np
 
-        from ..editing import harmonization_mask, mask_channel, resize_like_training
+        from ..editing import resize_like_training
+        from ..masks import harmonization_mask, mask_channel
         from ..image_io import to_tensor
 
         composite = _read_picture(args.composite, "--composite")
@@ -123,7 +124,7 @@ class RoiCopy:
             "(ROI-guided generation, supplement Fig. S10)")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from ..cli import add_size_arguments
+        from .common import add_size_arguments
 
         p.add_argument("--source", required=True, type=box_arg, metavar="y,x,h,w",
                        help="box of the training image to copy, in finest-scale pixels (see 'sinddm inspect')")
@@ -135,8 +136,8 @@ class RoiCopy:
                        help="start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
 
     def validate(self, args, loaded) -> None:
-        from ..cli import output_sizes, parse_start_t
-        from ..editing import box_outside
+        from ..regions import box_outside
+        from .common import output_sizes, parse_start_t
 
         pyr = loaded.pyramid
         if pyr.n_scales < 2:

@@ -17,19 +17,19 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from . import box_arg
+from .common import box_arg
 
 _DEFAULT_BATCH_CAP = 16   # 16 samples × 16 views = 256 CLIP images per guided step
 
 
 def _unit_float(flag: str):
-    from ..cli import unit_float
+    from .common import unit_float
 
     return unit_float(flag)
 
 
 def _iterations(v: str) -> int:
-    from ..cli import int_arg
+    from .common import int_arg
 
     return int_arg("--iterations", 0)(v)
 
@@ -68,7 +68,7 @@ def _check_prompt(args) -> None:
 
 
 def _start_t(args, loaded) -> list[int]:
-    from ..cli import parse_start_t
+    from .common import parse_start_t
 
     return parse_start_t(getattr(args, "start_t", None), loaded.start_t)
 
@@ -76,7 +76,7 @@ def _start_t(args, loaded) -> list[int]:
 def _precision(args, device) -> torch.dtype | None:
     """precision 'fast' (CUDA only): bf16 autocast for the denoiser, bf16 CLIP weights and a
     CUDA-graphed CLIP encoder; None: fp32 everywhere."""
-    from ..training import resolve_precision
+    from ..devices import resolve_precision
 
     return torch.bfloat16 if resolve_precision(getattr(args, "precision", "fp32"), device) == "fast" else None
 
@@ -91,7 +91,7 @@ def _guide(args, device, prompt: str):
 
 
 def _batches(args, sizes_hw, loaded, device):
-    from ..pipeline import auto_batch_size
+    from ..devices import auto_batch_size
 
     bs = args.batch_size or min(_DEFAULT_BATCH_CAP, auto_batch_size(sizes_hw, loaded.model.dim, device))
     return bs, math.ceil(args.num / bs)
@@ -124,7 +124,7 @@ class _GuidedSampling:
         _add_clip_arguments(p)
         _add_guidance_arguments(p, self.strength, self.fill, self.momentum)
         if self.sizes:
-            from ..cli import add_size_arguments
+            from .common import add_size_arguments
 
             add_size_arguments(p)
         _add_start_t(p)
@@ -141,7 +141,7 @@ class _GuidedSampling:
     def _sizes(self, args, loaded) -> list[tuple[int, int]]:
         if not self.sizes:
             return list(loaded.pyramid.sizes_hw)
-        from ..cli import output_sizes
+        from .common import output_sizes
 
         return output_sizes(loaded, args)
 

@@ -1,0 +1,186 @@
+"""`SinDDM`: the public object. Load a model (or train one), then sample and edit from Python:
+
+    from sinddm import SinDDM
+    model = SinDDM.load("assets/models/hubble-small.safetensors")
+    images = model.sample(4, scale_hw=(1, 2), seed=0)          # PIL images
+    model.save(images, "out")                                   # out/sample_000.png ...
+
+Every method checks its input as the command line does (`UserError`, one line) and returns PIL
+images (`output="pil"`, the default) or 3×H×W tensors in [-1, 1] (`output="tensor"`).
+The command line is written on top of this object's building blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import LoadedModel, load_model
+from .devices import check_sample_memory, resolve_device, resolve_precision
+from .errors import UserError
+from .image_io import load_rgb, make_grid, to_tensor, to_uint8
+from .pyramid import sample_sizes
+from .regions import Box, box_outside, parse_box
+
+PathLike = str | os.PathLike
+Picture = PathLike | Image.Image | np.ndarray
+
+
+def _picture(p: Picture, what: str) -> Image.Image:
+    if isinstance(p, Image.Image):
+        return p.convert("RGB") if p.mode not in ("RGB", "L") else p
+    if isinstance(p, np.ndarray):
+        return Image.fromarray(p.astype(np.uint8))
+    try:
+        return load_rgb(p)
+    except UserError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def _box(b: Box | str | Sequence[int]) -> Box:
+    return b if isinstance(b, Box) else parse_box(b if isinstance(b, str) else ",".join(map(str, b)))
+
+
+class SinDDM:
+    """A trained SinDDM model on a device, with sampling and every edit mode as methods."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, precision: str = "auto"):
+        self.loaded, self.device, self.precision = loaded, device, precision
+
+    # -- making one --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: PathLike, device: str | torch.device = "auto", precision: str = "auto") -> "SinDDM":
+        """A run folder, a model.safetensors or a checkpoint.pt."""
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        resolve_precision(precision, dev)
+        return cls(load_model(path, dev), dev, precision)
+
+    @classmethod
+    def train(cls, image: Picture, out: PathLike, config=None, steps: int | None = None, seed: int = 0,
+              device: str | torch.device = "auto", precision: str = "auto", resume: bool = False,
+              overwrite: bool = False, progress: bool = True) -> "SinDDM":
+        """Train on `image` into the run folder `out` (what `sinddm train` writes), then load it.
+        `config`: a `Config`, a YAML path or None (the paper's recipe)."""
+        from .runs import train_run
+
+        picture = image if isinstance(image, (str, os.PathLike)) else _picture(image, "image")
+        run = train_run(picture, out, config, steps=steps, seed=seed, device=device, precision=precision,
+                        resume=resume, overwrite=overwrite, progress=progress)
+        return cls.load(run, device, precision)
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def pyramid(self):
+        return self.loaded.pyramid
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The finest training scale's (height, width): boxes are in these pixels."""
+        return tuple(self.pyramid.sizes_hw[-1])
+
+    def sizes(self, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
+              start_level: int = 0) -> list[tuple[int, int]]:
+        """Per-scale (h, w) of an output: `scale_hw` multiplies every scale, `size` fixes the finest."""
+        pyr = self.pyramid
+        if not 0 <= start_level < pyr.n_scales:
+            raise UserError(f"start_level must be in 0..{pyr.n_scales - 1}, got {start_level}")
+        return sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=scale_hw, size_hw=size, start_level=start_level)
+
+    # -- sampling ----------------------------------------------------------------------------
+    def sample(self, n: int = 1, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
+               start_level: int = 0, start_t: Sequence[int] | None = None, seed: int = 0,
+               batch_size: int | None = None, scale0_steps: int | None = None, progress: bool = False,
+               output: str = "pil"):
+        """`n` random samples through the whole pyramid (method §5)."""
+        from .pipeline import generate
+
+        sizes = self.sizes(scale_hw, size, start_level)
+        check_sample_memory(sizes, self.loaded.model.dim, batch_size, self.device)
+        images = generate(self.loaded, n, sizes, list(start_t or self.loaded.start_t), seed=seed,
+                          batch_size=batch_size, device=self.device, progress=progress, precision=self.precision,
+                          scale0_steps=scale0_steps)
+        return self._out(images, output)
+
+    # -- image-guided edits (method §7) ------------------------------------------------------
+    def harmonize(self, composite: Picture, mask: Picture, n: int = 1, t_start: int | None = None,
+                  seed: int = 0, batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+        """Blend a pasted object into its surroundings; `mask` is white on black where it is."""
+        from .editing import HARMONIZE_START_T, harmonize, resize_like_training
+        from .masks import harmonization_mask
+
+        comp, m = _picture(composite, "composite"), _picture(mask, "mask")
+        if m.size != comp.size:
+            raise UserError(f"mask: {m.width}x{m.height} px but the composite is {comp.width}x{comp.height} px; "
+                            "give a mask of the composite's size")
+        picture = resize_like_training(comp, self.loaded.config.image.max_pixels)
+        try:
+            soft = harmonization_mask(m, picture.shape[:2])
+        except ValueError:
+            raise UserError("mask: empty at the composite's working size; paint the pasted region white") from None
+        images = harmonize(self.loaded, to_tensor(np.ascontiguousarray(picture)), soft, num=n, seed=seed,
+                           t_start=t_start or HARMONIZE_START_T, batch_size=batch_size, device=self.device,
+                           progress=progress)
+        return self._out(images, output)
+
+    def style_transfer(self, content: Picture, n: int = 1, t_start: int | None = None, seed: int = 0,
+                       batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+        """The content picture with the training image's colours and fine textures."""
+        from .editing import STYLE_TRANSFER_START_T, prepare_content, style_transfer
+
+        prepared = prepare_content(_picture(content, "content"), self.pyramid, self.loaded.config.image.max_pixels)
+        images = style_transfer(self.loaded, to_tensor(prepared), num=n, seed=seed,
+                                t_start=t_start or STYLE_TRANSFER_START_T, batch_size=batch_size,
+                                device=self.device, progress=progress)
+        return self._out(images, output)
+
+    def roi_copy(self, source: Box | str | Sequence[int], targets: Sequence[Box | str | Sequence[int]], n: int = 1,
+                 scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
+                 start_t: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
+                 progress: bool = False, output: str = "pil"):
+        """Samples whose target boxes (y, x, h, w in output pixels) copy the training image's source box."""
+        from .editing import roi_generate
+
+        if self.pyramid.n_scales < 2:
+            raise UserError("roi_copy needs a model with at least 2 scales")
+        src, tgts = _box(source), [_box(t) for t in targets]
+        sizes = self.sizes(scale_hw, size)
+        if box_outside(src, self.size):
+            raise UserError(f"source {src}: reaches beyond the training image's finest scale {self.size}")
+        for t in tgts:
+            if box_outside(t, sizes[-1]):
+                raise UserError(f"target {t}: reaches beyond the output {tuple(sizes[-1])}")
+        images = roi_generate(self.loaded, sizes, list(start_t or self.loaded.start_t), src, tgts, num=n, seed=seed,
+                              batch_size=batch_size, device=self.device, progress=progress)
+        return self._out(images, output)
+
+    # -- outputs -----------------------------------------------------------------------------
+    @staticmethod
+    def _out(images: list[torch.Tensor], output: str):
+        if output == "tensor":
+            return images
+        if output != "pil":
+            raise UserError(f"output '{output}': use 'pil' or 'tensor'")
+        return [Image.fromarray(to_uint8(x)) for x in images]
+
+    @staticmethod
+    def save(images, out: PathLike, prefix: str = "sample") -> list[Path]:
+        """`out/prefix_000.png ...` and `out/grid.png`; returns the files written."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = [to_uint8(x) if torch.is_tensor(x) else np.asarray(x) for x in images]
+        paths = []
+        for i, a in enumerate(arrays):
+            paths.append(out / f"{prefix}_{i:03d}.png")
+            Image.fromarray(a).save(paths[-1])
+        Image.fromarray(make_grid(arrays)).save(out / "grid.png")
+        return paths
+
+    def __repr__(self) -> str:
+        h, w = self.size
+        return (f"SinDDM({self.loaded.path}, width {self.loaded.model.dim}, {self.pyramid.n_scales} scales, "
+                f"{w}x{h} px, step {self.loaded.step}, {self.device})")

@@ -1,0 +1,237 @@
+"""What every command shares: the parser class, argument types, the option groups defined once
+(size, device and precision, outputs), output folders and files, and the job-file model cache."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..image_io import MAX_DECODE_PIXELS
+from ..runs import prepare_out
+
+EPILOG = "Docs and examples: README.md. Paper: Kulikov et al., SinDDM, ICML 2023."
+MAX_OUTPUT_PIXELS = MAX_DECODE_PIXELS  # finest-scale pixels a sample may have: as many as a picture we read
+MIN_COARSE_SIDE = 4               # px: the coarsest scale of a sample must be at least this big
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # '-1,10,16,16' is a (bad) box value, not an option: then its own check names the problem
+        self._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
+
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too by default)
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+# -- argument types --------------------------------------------------------------------------
+
+def int_arg(name: str, lo: int, hi: int | None = None, hi_text: str | None = None):
+    """argparse type: a whole number in [lo, hi] (hi_text names the upper bound in messages)."""
+    def parse(v: str) -> int:
+        try:
+            i = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {v!r}") from None
+        if i < lo or (hi is not None and i > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi_text or hi}"
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {i}")
+        return i
+    return parse
+
+
+def positive_int(name: str):
+    return int_arg(name, 1)
+
+
+seed_arg = int_arg("seed", 0, 2 ** 63 - 1, hi_text="2^63-1")
+
+
+def unit_float(name: str):
+    """argparse type: a number in [0, 1]."""
+    def parse(v: str) -> float:
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1], got {v!r}") from None
+        if not 0.0 <= f <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {v!r}")
+        return f
+    return parse
+
+
+def size_arg(v: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", v)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"--size must be HEIGHTxWIDTH in pixels, e.g. 200x400; got {v!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def factor_arg(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale-hw factors must be numbers, got {v!r}") from None
+    if not 0 < f <= 64:
+        raise argparse.ArgumentTypeError(f"--scale-hw factors must be in (0, 64], got {v!r}")
+    return f
+
+
+def box_arg(value: str):
+    """argparse type for a box `y,x,h,w` in finest-scale pixels (see regions.parse_box)."""
+    from ..regions import parse_box
+
+    try:
+        return parse_box(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# -- option groups ---------------------------------------------------------------------------
+
+def add_size_arguments(p: argparse.ArgumentParser) -> None:
+    """--scale-hw / --size: the output size, shared by `sample` and the edit modes."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scale-hw", nargs=2, type=factor_arg, metavar=("FH", "FW"),
+                   help="multiply every scale's height and width, e.g. 1 2 for a 1x2 panorama")
+    g.add_argument("--size", type=size_arg, metavar="HxW", help="finest output size in pixels, height first")
+
+
+def add_start_t_argument(p: argparse.ArgumentParser, ranges: bool = False) -> None:
+    text = ("start timesteps T[1] .. T[N-1] in 1..99 (or T[0] .. T[N-1], T[0] in 1..100); default from the "
+            "pyramid; higher: more change at that scale" if ranges else
+            "start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
+    p.add_argument("--start-t", nargs="+", type=int, metavar="T", help=text)
+
+
+SAMPLING_PRECISION_HELP = ("fast: bf16 network and CUDA graphs on a GPU, fp32 in channels_last layout on an x86 "
+                           "CPU (samples within 1e-4 of fp32's, 12-33%% faster measured); fp32: the exact path "
+                           "(default auto: fast)")
+TRAINING_PRECISION_HELP = ("fast: bf16 autocast and CUDA graphs on GPU; fp32: the exact reference arithmetic "
+                           "(default auto: fast on CUDA, fp32 on CPU)")
+
+
+def add_device_arguments(p: argparse.ArgumentParser, device_help: str = "auto, cpu or cuda[:N] (default auto)",
+                         precision_help: str = SAMPLING_PRECISION_HELP) -> None:
+    """--device and --precision, for every command that runs the network."""
+    from ..devices import PRECISIONS
+
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto", help=precision_help)
+
+
+def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_name: str = "samples") -> None:
+    """Options every image-producing command shares."""
+    p.add_argument("--num", type=positive_int("--num"), default=default_num,
+                   help=f"number of images (default {default_num})")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
+    p.add_argument("--out", help=f"output folder (default: RUN_DIR/{out_name} for a run folder or the "
+                   f"model.safetensors in one, ./{out_name} for a model file elsewhere)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"),
+                   help="images per batch (default: as many as fit in GPU memory; 4 on a CPU, where "
+                        "larger batches are slower per image)")
+    add_device_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# -- shared by sample, edit and run -----------------------------------------------------------
+
+class ModelCache:
+    """Models loaded once per (path, device): `sinddm run` passes one to every job."""
+
+    def __init__(self):
+        self._models: dict = {}
+
+    def load(self, path, device):
+        from ..checkpoint import load_model
+
+        key = (str(Path(path).resolve()), str(device))
+        if key not in self._models:
+            self._models[key] = load_model(path, device)
+        return self._models[key]
+
+
+def load_run(path, device, cache: ModelCache | None = None):
+    """`load_model`, through `cache` when one is given."""
+    from ..checkpoint import load_model
+
+    return cache.load(path, device) if cache is not None else load_model(path, device)
+
+
+def parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
+    from ..schedule import T_STEPS
+
+    if not values:
+        return default
+    n = len(default)
+    if len(values) == n - 1:
+        values = [default[0]] + list(values)
+    elif len(values) != n:
+        raise UserError(f"--start-t: give {n - 1} values (T[1]..T[{n - 1}]) or {n} (T[0]..T[{n - 1}]), "
+                        f"got {len(values)}")
+    if not 1 <= values[0] <= T_STEPS:
+        raise UserError(f"--start-t: T[0] must be in 1..{T_STEPS}, got {values[0]}")
+    for s, v in enumerate(values[1:], start=1):
+        if not 1 <= v <= 99:
+            raise UserError(f"--start-t: T[{s}] must be in 1..99, got {v}")
+    return list(values)
+
+
+def output_sizes(loaded, args, start_level: int = 0) -> list[tuple[int, int]]:
+    """Per-scale sizes from --scale-hw / --size, validated."""
+    from ..pyramid import sample_sizes
+
+    pyr = loaded.pyramid
+    sizes = sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=getattr(args, "scale_hw", None),
+                         size_hw=getattr(args, "size", None), start_level=start_level)
+    if min(min(hw) for hw in sizes) < MIN_COARSE_SIDE:
+        raise UserError(f"requested size too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px; "
+                        "use a larger --size or --scale-hw")
+    if max(h * w for h, w in sizes) > MAX_OUTPUT_PIXELS:
+        raise UserError("requested size too large (over 64 Mpx at the finest scale); use a smaller --size")
+    return sizes
+
+
+def output_folder(loaded, args, name: str = "samples") -> Path:
+    """--out, or RUN_DIR/<name>; checked (and never emptied: it may be the run folder itself)."""
+    default = (loaded.path.parent if loaded.path.name in ("model.safetensors", "checkpoint.pt")
+               else Path(".")) / name
+    out = Path(args.out) if args.out else default
+    prepare_out(out, args.overwrite, "output folder", remove=False)
+    return out
+
+
+def check_output_file(path: Path, flag: str, overwrite: bool, suffixes: tuple[str, ...] = ()) -> None:
+    """A single output file (--preview, --json, --png): its folder exists, it is not a folder, and an
+    existing file is replaced only with --overwrite."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} '{path}': unknown file type '{path.suffix}'; give a {suffixes[0]} file name")
+    if path.is_dir():
+        raise UserError(f"{flag} '{path}': is a folder; give a {suffixes[0] if suffixes else ''} file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} '{path}': folder '{path.parent}' does not exist; create it first")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} '{path}': exists; choose another name or pass --overwrite")
+
+
+def write_outputs(out: Path, images, prefix: str = "sample") -> None:
+    """`prefix_000.png ...` and `grid.png`; stale files of an earlier call are removed first."""
+    from PIL import Image
+
+    from ..image_io import make_grid, to_uint8
+
+    arrays = [to_uint8(x) for x in images]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob(f"{prefix}_*.png"), out / "grid.png"]:
+        if old.is_file():
+            old.unlink()
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(out / f"{prefix}_{i:03d}.png")
+    Image.fromarray(make_grid(arrays)).save(out / "grid.png")
+    h, w = arrays[0].shape[:2]
+    noun = ("sample" if prefix == "sample" else "image") + ("s" if len(arrays) != 1 else "")
+    print(f"wrote {len(arrays)} {noun} of {w}x{h} px (w x h) and grid.png to {out}", file=sys.stderr)
