@@ -16,7 +16,6 @@ import io
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -692,11 +691,7 @@ def _loss_image(loss_csv: Path | None, size: tuple[int, int]):
         ImageDraw.Draw(img).text((size[0] // 2, size[1] // 2), "no loss.csv in the run folder",
                                  fill=(120, 120, 120), font=_font(13), anchor="mm")
         return img
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "loss.png"
-        loss_curve(steps, losses, path, size=size)
-        with Image.open(path) as im:
-            return im.convert("RGB").copy()
+    return loss_curve(steps, losses, size=size)
 
 
 def render_report(path: Path, reference: np.ndarray, samples: list[np.ndarray], metrics: dict,

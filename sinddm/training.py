@@ -438,8 +438,7 @@ class Trainer:
         if self.loss_history:
             steps, losses = zip(*self.loss_history)
             buf = io.BytesIO()
-            buf.name = "loss.png"  # Pillow picks the format from the name
-            loss_curve(list(steps), list(losses), buf)
+            loss_curve(list(steps), list(losses)).save(buf, format="PNG")
             atomic_write_bytes(self.out_dir / "loss.png", buf.getvalue())
         self._saved_step = self.step
 
