@@ -125,7 +125,7 @@ def _read_sample_dir(folder: Path, num: int | None) -> tuple[list[np.ndarray], l
 
 
 def _weights_key(inception_weights) -> str | None:
-    from .inception import find_inception_weights
+    from .eval.inception import find_inception_weights
 
     path, _ = find_inception_weights(inception_weights)
     return str(Path(path).resolve()) if path else None
@@ -139,7 +139,7 @@ def evaluate_run(loaded, out: Path, *, num: int | None, seed: int, samples_dir: 
 
     from .cli import write_outputs
     from .image_io import to_uint8
-    from .metrics import evaluate
+    from .eval.metrics import evaluate
     from .pipeline import generate
 
     reference = loaded.pyramid.levels[-1]
@@ -229,7 +229,7 @@ def _summary_lines(m: dict, short: bool = False) -> list[str]:
 
 def _check_weights(path: str | None) -> None:
     """An explicit --inception-weights file must exist and fit, before any long work starts."""
-    from .inception import load_inception
+    from .eval.inception import load_inception
 
     if path is None:
         return

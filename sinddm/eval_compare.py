@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import UserError
 from .eval_cli import EVAL_FORMAT, METRIC_INFO
-from .metrics import METRIC_NAMES, paired_difference
+from .eval.schema import METRIC_NAMES
+from .eval.stats import paired_difference
 
 METRICS_FILE = "metrics.json"
 

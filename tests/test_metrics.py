@@ -1,4 +1,4 @@
-"""Quality metrics (sinddm.metrics) on constructed cases, and `sinddm eval` / `eval-suite` end to end.
+"""Quality metrics (sinddm.eval.metrics) on constructed cases, and `sinddm eval` / `eval-suite` end to end.
 
 No InceptionV3 weights are downloaded or needed: SIFID runs on randomly initialised
 weights saved to a temporary file, and TORCH_HOME points at an empty folder so that a
@@ -18,8 +18,8 @@ import torch
 import yaml
 from PIL import Image
 
-from sinddm import inception
-from sinddm import metrics as M
+from sinddm.eval import inception
+from sinddm.eval import metrics as M
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
 
