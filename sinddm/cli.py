@@ -43,11 +43,13 @@ def int_arg(name: str, lo: int, hi: int | None = None, hi_text: str | None = Non
     return parse
 
 
-def _positive_int(name: str):
+def positive_int(name: str):
+    """argparse type: a whole number >= 1."""
     return int_arg(name, 1)
 
 
-_seed = int_arg("seed", 0, 2 ** 63 - 1, hi_text="2^63-1")
+seed_arg = int_arg("seed", 0, 2 ** 63 - 1, hi_text="2^63-1")  # argparse type of every --seed
+_positive_int, _seed = positive_int, seed_arg  # the names used in this file
 
 
 def unit_float(name: str):
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES = ["sinddm.eval_cli", "sinddm.eval_compare"]
+COMMAND_MODULES = ["sinddm.eval.commands"]
 
 
 def _command_modules() -> list:
