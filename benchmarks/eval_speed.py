@@ -32,8 +32,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sinddm import inception  # noqa: E402
-from sinddm import metrics as M  # noqa: E402
+from sinddm.eval import inception  # noqa: E402
+from sinddm.eval import metrics as M  # noqa: E402
 
 
 def make_inputs(num: int, w: int, h: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:

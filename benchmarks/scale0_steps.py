@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from sinddm.checkpoint import load_model  # noqa: E402
 from sinddm.image_io import to_uint8  # noqa: E402
-from sinddm.metrics import EvalSettings, evaluate  # noqa: E402
+from sinddm.eval.metrics import EvalSettings, evaluate  # noqa: E402
 from sinddm.pipeline import generate  # noqa: E402
 from sinddm.devices import resolve_device  # noqa: E402
 

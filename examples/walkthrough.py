@@ -33,12 +33,13 @@ def main() -> None:
     # 2. Sample from the shipped model: two 1x2 panoramas, as PIL images.
     model = SinDDM.load(MODEL, device="cpu")
     print("loaded:", model)
-    panoramas = model.sample(2, scale_hw=(1, 2), seed=0)
+    n = 1 if args.quick else 4
+    panoramas = model.sample(n, scale_hw=(1, 2), seed=0)
     SinDDM.save(panoramas, out / "panoramas")
 
     # 3. Edit: a source box of the training image copied into a target box of every sample.
     h, w = model.size
-    boxes = model.roi_copy(source=(h // 2, w // 4, 16, 16), targets=[(8, 8, 16, 16)], n=2, seed=1)
+    boxes = model.roi_copy(source=(h // 2, w // 4, 16, 16), targets=[(8, 8, 16, 16)], n=n, seed=1)
     SinDDM.save(boxes, out / "roi_copy", prefix="roi_copy")
 
     # 4. Style transfer: our own small model's picture in the shipped model's colours and textures.

@@ -23,7 +23,7 @@ from PIL import Image
 from .checkpoint import LoadedModel, load_model
 from .devices import check_sample_memory, resolve_device, resolve_precision
 from .errors import UserError
-from .image_io import load_rgb, make_grid, to_tensor, to_uint8
+from .image_io import load_rgb, to_tensor, to_uint8
 from .pyramid import sample_sizes
 from .regions import Box, box_outside, parse_box
 
@@ -169,16 +169,10 @@ class SinDDM:
 
     @staticmethod
     def save(images, out: PathLike, prefix: str = "sample") -> list[Path]:
-        """`out/prefix_000.png ...` and `out/grid.png`; returns the files written."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        arrays = [to_uint8(x) if torch.is_tensor(x) else np.asarray(x) for x in images]
-        paths = []
-        for i, a in enumerate(arrays):
-            paths.append(out / f"{prefix}_{i:03d}.png")
-            Image.fromarray(a).save(paths[-1])
-        Image.fromarray(make_grid(arrays)).save(out / "grid.png")
-        return paths
+        """`out/prefix_000.png ...` and `out/grid.png` (earlier ones replaced); returns the pictures' paths."""
+        from .image_io import write_images
+
+        return write_images(out, images, prefix, log=False)
 
     def __repr__(self) -> str:
         h, w = self.size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -107,11 +108,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def save_png(x: torch.Tensor | np.ndarray, path: str | os.PathLike) -> None:
-    a = to_uint8(x) if isinstance(x, torch.Tensor) else x
-    Image.fromarray(a).save(path)
-
-
 def make_grid(images: list[np.ndarray], pad: int = 2, ncol: int | None = None,
               background: int = 255) -> np.ndarray:
     """Tile uint8 pictures (sizes may differ) into one picture, row-major."""
@@ -126,3 +122,23 @@ def make_grid(images: list[np.ndarray], pad: int = 2, ncol: int | None = None,
         y, x = pad + r * (cell_h + pad), pad + c * (cell_w + pad)
         grid[y:y + a.shape[0], x:x + a.shape[1]] = a
     return grid
+
+
+def write_images(out: str | os.PathLike, images, prefix: str = "sample", log: bool = True) -> list[Path]:
+    """`prefix_000.png ...` and `grid.png` in `out` (created); stale files of an earlier call are
+    removed first. `images`: 3×H×W tensors in [-1, 1], uint8 H×W×3 arrays or PIL images."""
+    out = Path(out)
+    arrays = [to_uint8(x) if isinstance(x, torch.Tensor) else np.asarray(x) for x in images]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob(f"{prefix}_*.png"), out / "grid.png"]:
+        if old.is_file():
+            old.unlink()
+    paths = [out / f"{prefix}_{i:03d}.png" for i in range(len(arrays))]
+    for path, a in zip(paths, arrays):
+        Image.fromarray(a).save(path)
+    Image.fromarray(make_grid(arrays)).save(out / "grid.png")
+    if log:
+        h, w = arrays[0].shape[:2]
+        noun = ("sample" if prefix == "sample" else "image") + ("s" if len(arrays) != 1 else "")
+        print(f"wrote {len(arrays)} {noun} of {w}x{h} px (w x h) and grid.png to {out}", file=sys.stderr)
+    return paths

@@ -21,9 +21,9 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
 
 
-def loss_curve(steps: list[int], losses: list[float], path, title: str = "training loss (L1 on noise)",
-               size: tuple[int, int] = (640, 400)) -> None:
-    """A line plot of loss against step, log-scaled in y when the range is wide."""
+def loss_curve(steps: list[int], losses: list[float], title: str = "training loss (L1 on noise)",
+               size: tuple[int, int] = (640, 400)) -> Image.Image:
+    """A line plot of loss against step, log-scaled in y when the range is wide (an RGB picture)."""
     w, h = size
     left, right, top, bottom = 64, 16, 28, 40
     img = Image.new("RGB", size, "white")
@@ -64,7 +64,7 @@ def loss_curve(steps: list[int], losses: list[float], path, title: str = "traini
         _text(d, (w // 2, h - 14), "step" + ("   (log-scale loss)" if log_y else ""), anchor="ma")
     else:
         _text(d, (w // 2, h // 2), "no finite loss values yet", anchor="mm")
-    img.save(path)
+    return img
 
 
 def pyramid_preview(pyramid: Pyramid, path, start_t: list[int] | None = None) -> None:

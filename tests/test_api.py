@@ -46,14 +46,14 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
 
 
 def test_sample_equals_the_cli_and_generate(model, tmp_path):
-    images = model.sample(2, scale_hw=(1, 2), seed=7, batch_size=2)
-    assert [im.size for im in images] == [(2 * model.size[1], model.size[0])] * 2
-    assert main(["sample", str(MODEL), "--num", "2", "--scale-hw", "1", "2", "--seed", "7", "--batch-size", "2",
+    images = model.sample(2, size=(50, 90), seed=7, batch_size=2)
+    assert [im.size for im in images] == [(90, 50)] * 2
+    assert main(["sample", str(MODEL), "--num", "2", "--size", "50x90", "--seed", "7", "--batch-size", "2",
                  "--out", str(tmp_path), *FP32]) == 0
     for i, im in enumerate(images):
         np.testing.assert_array_equal(np.asarray(im), _png(tmp_path / f"sample_{i:03d}.png"))
-    tensors = model.sample(2, scale_hw=(1, 2), seed=7, batch_size=2, output="tensor")
-    direct = generate(model.loaded, 2, model.sizes(scale_hw=(1, 2)), model.loaded.start_t, seed=7, batch_size=2,
+    tensors = model.sample(2, size=(50, 90), seed=7, batch_size=2, output="tensor")
+    direct = generate(model.loaded, 2, model.sizes(size=(50, 90)), model.loaded.start_t, seed=7, batch_size=2,
                       progress=False)
     for a, b in zip(tensors, direct):
         assert torch.equal(a, b)
@@ -110,6 +110,6 @@ def test_walkthrough_example_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "walkthrough.py"), "--quick", "--out",
                            str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("panoramas/grid.png", "roi_copy/roi_copy_001.png", "style_transfer/style_transfer_000.png",
+    for name in ("panoramas/grid.png", "roi_copy/roi_copy_000.png", "style_transfer/style_transfer_000.png",
                  "run/model.safetensors"):
         assert (tmp_path / "w" / name).is_file(), name

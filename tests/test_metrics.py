@@ -1,4 +1,4 @@
-"""Quality metrics (sinddm.metrics) on constructed cases, and `sinddm eval` / `eval-suite` end to end.
+"""Quality metrics (sinddm.eval.metrics) on constructed cases, and `sinddm eval` / `eval-suite` end to end.
 
 No InceptionV3 weights are downloaded or needed: SIFID runs on randomly initialised
 weights saved to a temporary file, and TORCH_HOME points at an empty folder so that a
@@ -18,8 +18,8 @@ import torch
 import yaml
 from PIL import Image
 
-from sinddm import inception
-from sinddm import metrics as M
+from sinddm.eval import inception
+from sinddm.eval import metrics as M
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
 
@@ -510,6 +510,23 @@ def test_eval_compare_refuses_what_does_not_pair(tiny_run, tmp_path, capsys):
         err = cap.err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and words in err[0], (argv, err)
         assert cap.out == "" and not (tmp_path / "never.json").exists()
+
+
+def test_eval_and_compare_from_python(tiny_run, tmp_path):
+    """The work of 'sinddm eval' and 'eval-compare' is library code: a run folder in, metrics out."""
+    from sinddm.eval.compare import compare_evaluations
+    from sinddm.eval.run import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    start_t = [2] + [1] * (load_model(run).pyramid.n_scales - 1)
+    m = evaluate_run(run, num=2, start_t=start_t, device="cpu", progress=False)  # out: RUN_DIR/eval
+    assert m["num_samples"] == 2 and m["samples"]["seed"] == 0 and (run / "eval" / "report.png").is_file()
+    assert json.loads((run / "eval" / "metrics.json").read_text())["per_sample"] == m["per_sample"]
+    c = compare_evaluations(run, [run / "eval"])  # a run folder and its eval folder: one evaluation
+    assert c.results[0]["same_seed"] and c.results[0]["metrics"]["swd"]["mean"] == 0.0
+    assert c.to_json()["comparisons"][0]["other"] == str(run / "eval" / "metrics.json")
+    assert c.text().startswith(f"{run / 'eval'} - {run}: 2 pairs, both drawn with sampling seed 0")
 
 
 # ---------------------------------------------------------------------------------------

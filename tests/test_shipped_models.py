@@ -8,7 +8,7 @@ from PIL import Image
 
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
-from sinddm.metrics import PatchSWD
+from sinddm.eval.swd import PatchSWD
 
 from .conftest import ASSETS
 

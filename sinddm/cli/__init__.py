@@ -6,7 +6,7 @@ bad input exits with code 2 and one line that names the input and what to do.
   sample   sample                                 (sinddm.pipeline)
   edit     edit MODE: edit_image, edit_text        (sinddm.editing, sinddm.text_edits)
   jobs     run JOBS.yaml
-  eval, eval-suite, eval-compare                   (sinddm.eval_cli, sinddm.eval_compare)
+  eval     eval, eval-suite, eval-compare          (sinddm.eval)
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import sys
 
 from .. import __version__
 from ..errors import TrainingStopped, UserError
-from . import edit, jobs, sample, train
+from . import edit, eval, jobs, sample, train
 from .common import EPILOG, Parser
 
 
-def _command_modules() -> list:
-    """Every module that adds subcommands (`add_parsers(sub)`, `COMMANDS`)."""
-    from .. import eval_cli, eval_compare
-
-    return [train, sample, edit, jobs, eval_cli, eval_compare]
+COMMAND_MODULES = [train, sample, edit, jobs, eval]   # each has add_parsers(sub) and COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sinddm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    adders = [train.add_parsers, sample.add_parsers, train.add_convert_parser, edit.add_parsers, jobs.add_parsers]
-    for add in adders + [m.add_parsers for m in _command_modules()[4:]]:  # in the order --help lists them
+    # in the order --help lists them
+    for add in (train.add_parsers, sample.add_parsers, train.add_convert_parser, edit.add_parsers,
+                jobs.add_parsers, eval.add_parsers):
         add(sub)
     return p
 
@@ -57,9 +54,7 @@ def _stopped(e: TrainingStopped) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handlers = {}
-        for module in _command_modules():
-            handlers.update(module.COMMANDS)
+        handlers = {name: fn for module in COMMAND_MODULES for name, fn in module.COMMANDS.items()}
         return handlers[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

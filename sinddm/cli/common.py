@@ -219,19 +219,7 @@ def check_output_file(path: Path, flag: str, overwrite: bool, suffixes: tuple[st
 
 
 def write_outputs(out: Path, images, prefix: str = "sample") -> None:
-    """`prefix_000.png ...` and `grid.png`; stale files of an earlier call are removed first."""
-    from PIL import Image
+    """`prefix_000.png ...` and `grid.png`, with one line on stderr (see `image_io.write_images`)."""
+    from ..image_io import write_images
 
-    from ..image_io import make_grid, to_uint8
-
-    arrays = [to_uint8(x) for x in images]
-    out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob(f"{prefix}_*.png"), out / "grid.png"]:
-        if old.is_file():
-            old.unlink()
-    for i, a in enumerate(arrays):
-        Image.fromarray(a).save(out / f"{prefix}_{i:03d}.png")
-    Image.fromarray(make_grid(arrays)).save(out / "grid.png")
-    h, w = arrays[0].shape[:2]
-    noun = ("sample" if prefix == "sample" else "image") + ("s" if len(arrays) != 1 else "")
-    print(f"wrote {len(arrays)} {noun} of {w}x{h} px (w x h) and grid.png to {out}", file=sys.stderr)
+    write_images(out, images, prefix)

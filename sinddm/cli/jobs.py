@@ -81,12 +81,24 @@ def _read_jobs(path: Path) -> list:
     return jobs
 
 
-def cmd_run(args) -> int:
-    from . import build_parser
+def _job_parser() -> argparse.ArgumentParser:
+    """`sinddm` with only the commands a job may run (so this module needs no import of the whole CLI)."""
+    from .common import EPILOG, Parser
+    from .edit import add_parsers as add_edit
+    from .sample import add_parsers as add_sample
 
+    p = Parser(prog="sinddm", epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    add_sample(sub)
+    add_edit(sub)
+    return p
+
+
+def cmd_run(args) -> int:
     path = Path(args.jobs)
     jobs = _read_jobs(path)
-    parser = build_parser()
+    parser = _job_parser()
     parsed = []
     for i, job in enumerate(jobs):
         argv = job_argv(job, i, f"jobs file '{path}'")

@@ -1,4 +1,4 @@
-"""`sinddm eval-compare`: paired differences between evaluations of the same picture.
+"""Paired differences between evaluations of the same picture (`sinddm eval-compare`).
 
 Two models sampled with the same seed start every sample from the same noise, so sample i
 of one and sample i of the other are a pair: the per-sample difference of a metric cancels
@@ -12,35 +12,54 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .eval_cli import EVAL_FORMAT, METRIC_INFO
-from .metrics import METRIC_NAMES, paired_difference
-
-METRICS_FILE = "metrics.json"
-
-
-def add_parsers(sub) -> None:
-    c = sub.add_parser(
-        "eval-compare", help="paired differences between 'sinddm eval' results (same seeds, same picture)",
-        description="Compare each OTHER evaluation with BASE sample by sample: for every metric, the mean "
-                    "per-sample difference OTHER - BASE with its standard error and their ratio z "
-                    "(|z| above ~3 is unlikely to be noise). Evaluations pair up when both were made "
-                    "with the same --num of the same training picture; drawing both with the same "
-                    "--seed is what makes the pairs cancel noise. Each argument is a metrics.json, an "
-                    "eval folder holding one, or a run folder with eval/metrics.json.")
-    c.add_argument("base", metavar="BASE", help="the reference evaluation")
-    c.add_argument("others", nargs="+", metavar="OTHER", help="evaluations to compare with BASE")
-    c.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
-    c.add_argument("--png", metavar="FILE", help="also draw FILE: a row per evaluation (BASE first), the "
-                   "training image and the first samples, which share their seeds column by column")
+from ..errors import UserError
+from .report import SUITE_SAMPLES_PER_ROW, render_suite_samples
+from .schema import EVAL_FORMAT, METRIC_INFO, METRIC_NAMES, METRICS_FILE, plus_minus
+from .stats import paired_difference
 
 
-def find_metrics(arg: str) -> Path:
+@dataclass
+class Evaluation:
+    """One metrics.json of 'sinddm eval': the name it was given by, where it is, what it holds."""
+    name: str
+    path: Path
+    metrics: dict
+
+
+@dataclass
+class Comparison:
+    """Each of `others` against `base`: `results[i]` is `compare(base, others[i])`."""
+    base: Evaluation
+    others: list[Evaluation]
+    results: list[dict]
+
+    def to_json(self) -> dict:
+        return {"base": str(self.base.path),
+                "comparisons": [{"other": str(o.path), **c} for o, c in zip(self.others, self.results)]}
+
+    def text(self) -> str:
+        return "\n\n".join("\n".join(format_comparison(c, self.base.name, o.name))
+                           for o, c in zip(self.others, self.results))
+
+
+def compare_evaluations(base: str | Path, others: Sequence[str | Path]) -> Comparison:
+    """Find, read and compare: `base` and each of `others` is a metrics.json, an eval folder holding
+    one, or a run folder with eval/metrics.json. Every input is checked before anything is compared."""
+    base_path = find_metrics(base)
+    base_m = read_metrics(base_path)
+    paths = [find_metrics(o) for o in others]
+    evals = [Evaluation(str(o), p, read_metrics(p)) for o, p in zip(others, paths)]
+    results = [compare(base_m, e.metrics, str(base), e.name) for e in evals]
+    return Comparison(Evaluation(str(base), base_path, base_m), evals, results)
+
+
+def find_metrics(arg: str | Path) -> Path:
     p = Path(arg)
     for cand in (p, p / METRICS_FILE, p / "eval" / METRICS_FILE):
         if cand.is_file():
@@ -89,12 +108,6 @@ def compare(base: dict, other: dict, base_name: str = "BASE", other_name: str = 
     return result
 
 
-def plus_minus(mean: float, se: float) -> str:
-    """'-0.0021 ± 0.0004': the se to two significant digits, the mean to the same decimals."""
-    decimals = max(0, 1 - math.floor(math.log10(se))) if se > 0 else 4
-    return f"{mean:+.{decimals}f} ± {se:.{decimals}f}"
-
-
 def format_comparison(c: dict, base_name: str, other_name: str) -> list[str]:
     how = (f"both drawn with sampling seed {c['seed']}" if c["same_seed"] else
            "not drawn with one sampling seed, so the pairs are independent and the paired se is no smaller "
@@ -127,62 +140,29 @@ def _short(name: str, width: int = 30) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def render_comparison(path: Path, base: tuple[str, Path, dict], others: list[tuple[str, Path, dict, dict]]) -> str | None:
-    """The comparison as a picture (eval-suite's samples.png layout); the reason when it cannot be drawn."""
-    from .checkpoint import load_model
-    from .eval_cli import SUITE_SAMPLES_PER_ROW, render_suite_samples
-    from .image_io import load_rgb
+def render_comparison(path: Path, c: Comparison) -> str | None:
+    """The comparison as a picture (eval-suite's samples.png layout): a row per evaluation, base
+    first, each its training image and first samples; the reason when it cannot be drawn."""
+    from ..checkpoint import load_model
+    from ..image_io import load_rgb
 
-    name, mpath, m = base
+    m = c.base.metrics
     try:
         reference = load_model(m["model"]).pyramid.levels[-1]
     except (UserError, OSError, KeyError) as e:
         return f"the training image comes from the model '{m.get('model')}', which cannot be loaded ({e})"
     entries = []
-    for label, mp, mm, c in [(name, mpath, m, None)] + others:
-        files = _sample_files(mp, mm)[:SUITE_SAMPLES_PER_ROW]
+    for e, result in [(c.base, None)] + list(zip(c.others, c.results)):
+        files = _sample_files(e.path, e.metrics)[:SUITE_SAMPLES_PER_ROW]
         missing = [f for f in files if not f.is_file()]
         if missing:
             return f"'{missing[0]}' is gone: the picture needs the evaluated samples"
-        swd = mm["aggregate"].get("swd")
-        lines = [_short(label), f"patch SWD {swd['mean']:.4g}" if swd else "patch SWD -"]
-        if c is None:
+        swd = e.metrics["aggregate"].get("swd")
+        lines = [_short(e.name), f"patch SWD {swd['mean']:.4g}" if swd else "patch SWD -"]
+        if result is None:
             lines.append("(base)")
-        elif c["metrics"]["swd"] is not None:
-            lines.append(f"vs base {plus_minus(c['metrics']['swd']['mean'], c['metrics']['swd']['se'])}")
+        elif result["metrics"]["swd"] is not None:
+            lines.append(f"vs base {plus_minus(result['metrics']['swd']['mean'], result['metrics']['swd']['se'])}")
         entries.append((lines, reference, [np.asarray(load_rgb(f)) for f in files]))
     render_suite_samples(path, entries)
     return None
-
-
-def cmd_eval_compare(args) -> int:
-    base_path = find_metrics(args.base)
-    base = read_metrics(base_path)
-    paths = {arg: find_metrics(arg) for arg in args.others}
-    others = [(arg, read_metrics(paths[arg])) for arg in args.others]
-    results = [(arg, compare(base, m, args.base, arg)) for arg, m in others]  # all checked before any output
-    for flag, f in (("--json", args.json), ("--png", args.png)):
-        if f and Path(f).is_dir():
-            raise UserError(f"{flag} '{f}': is a folder; give a file name")
-        if f and not Path(f).parent.is_dir():
-            raise UserError(f"{flag} '{f}': its folder '{Path(f).parent}' does not exist; create it or give "
-                            "another file name")
-    if args.png and Path(args.png).suffix.lower() != ".png":
-        raise UserError(f"--png '{args.png}': give a file name ending in .png")
-    if args.png:  # before any output: a picture that cannot be drawn is an error like any bad input
-        why = render_comparison(Path(args.png), (args.base, base_path, base),
-                                [(arg, paths[arg], m, c) for (arg, m), (_, c) in zip(others, results)])
-        if why:
-            raise UserError(f"--png '{args.png}': {why}")
-    blocks = ["\n".join(format_comparison(c, args.base, arg)) for arg, c in results]
-    print("\n\n".join(blocks))
-    if args.json:
-        doc = {"base": str(base_path), "comparisons": [{"other": str(paths[arg]), **c} for arg, c in results]}
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
-    if args.png:
-        print(f"wrote {args.png}", file=sys.stderr)
-    return 0
-
-
-COMMANDS = {"eval-compare": cmd_eval_compare}

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
+from ..errors import UserError
 
 class BasicConv2d(nn.Module):
     """conv (no bias) → batch norm (eps 0.001) → ReLU."""
