@@ -156,10 +156,12 @@ class TextGuide:
 
 
 def nearest_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile of [B, n] `values`, 'nearest' interpolation (as torch.quantile, whose
-    rank q·(n−1) is computed in float32 and rounded half to even), without its size limit."""
+    """Per-row quantile of [B, n] `values`, 'nearest' interpolation as torch.quantile picks it,
+    without its size limit: rank q·(n−1) with q rounded to the values' dtype, the product exact
+    (not rounded to float32: 0.7·49765 is 34835.4994, not 34835.5), then rounded half to even."""
     n = values.shape[1]
-    rank = int(torch.round(torch.tensor(q, dtype=torch.float32) * (n - 1)).item())
+    q = float(torch.tensor(q, dtype=values.dtype))
+    rank = round(q * (n - 1))                  # Python's round: half to even
     return values.kthvalue(rank + 1, dim=1).values
 
 
