@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .clip_views import patch_embed_as_matmul
 from .errors import UserError
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
@@ -291,33 +292,6 @@ def _cache_key(spec: ClipSpec, device: torch.device, dtype: torch.dtype) -> tupl
     return (model, spec.pretrained, ckpt, str(device), str(dtype), _cache_dir())
 
 
-class _PatchEmbed(torch.nn.Module):
-    """A ViT patch embedding (a convolution with stride = kernel, no padding) as one matmul:
-    the same weights and arithmetic as the convolution, without cuDNN's slow paths for this
-    shape (its bf16 input-gradient kernel alone cost ~2 ms per 256 views on an H200)."""
-
-    def __init__(self, conv: torch.nn.Conv2d):
-        super().__init__()
-        self.weight, self.bias = conv.weight, conv.bias
-        self.patch = tuple(conv.kernel_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        ph, pw = self.patch
-        gh, gw = h // ph, w // pw
-        x = x[..., :gh * ph, :gw * pw].reshape(n, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
-        y = F.linear(x.reshape(n * gh * gw, c * ph * pw), self.weight.reshape(self.weight.shape[0], -1), self.bias)
-        return y.view(n, gh, gw, -1).permute(0, 3, 1, 2)
-
-
-def _patch_embed_as_matmul(model) -> None:
-    conv = getattr(getattr(model, "visual", None), "conv1", None)
-    if (isinstance(conv, torch.nn.Conv2d) and tuple(conv.kernel_size) == tuple(conv.stride)
-            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros"):
-        model.visual.conv1 = _PatchEmbed(conv)
-
-
 def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> LoadedClip:
     """The CLIP model for `spec` on `device` in `dtype`, loaded once per process (`sinddm run`
@@ -365,7 +339,7 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
               "meaningless, for tests and timing only", file=sys.stderr)
     model = model.to(device).eval().float()
     model.requires_grad_(False)
-    _patch_embed_as_matmul(model)
+    patch_embed_as_matmul(model)
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     cfg = getattr(model.visual, "preprocess_cfg", None) or {}

@@ -1,8 +1,23 @@
-"""CLIP views for text guidance (DESIGN §6): the augmented views of x̂0 that CLIP scores.
+"""CLIP views for text guidance (DESIGN §6): the views of x̂0 that CLIP scores, and the ViT
+forward for views that are not square.
 
 `ViewAugmenter` makes 16 views per image as batched, differentiable tensor ops: one
 `grid_sample` for every crop/flip/affine/perspective of every view of every sample, then
-colour jitter and grayscale as one affine colour map per view.
+colour jitter and grayscale as one affine colour map per view. `encode_views` runs open_clip's
+ViT on views of any size, its positional embedding interpolated to the token grid.
+
+View modes (`--clip-views`):
+- `reference` (default): as the published implementation. View 0 is x̂0 resized as torchvision's
+  `Resize(224, max_size=320)` does (short side 224 unless the long side would pass 320, then long
+  side 320; integer truncations included), bilinear without antialiasing; the crops are resized
+  to that size, so CLIP sees the picture's aspect ratio. The positional embedding is interpolated
+  DINO-style (bicubic, target grid + 0.1) but laid out width-major: the reference passes
+  (width, height) where the routine expects (height, width), so on non-square views the embedding
+  grid is transposed against the tokens. A bug, kept on purpose like the uint8 wrap-around of
+  the blur distance (`pyramid.blur_distance`): the paper's text edits were made with it.
+- `aspect`: the same views, the embedding grid laid out as the tokens are.
+- `square`: every view resampled to CLIP's square input (the picture squeezed); works with any
+  image tower.
 """
 
 from __future__ import annotations
@@ -14,6 +29,9 @@ import torch
 import torch.nn.functional as F
 
 N_VIEWS = 16
+VIEW_MODES = ("reference", "aspect", "square")
+DEFAULT_VIEW_MODE = "reference"
+REFERENCE_MAX_LONG = 320 / 224      # Resize(224, max_size=320), scaled to other CLIP input sizes
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -94,24 +112,40 @@ def _colour_transform(b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, hue: to
     return m, v
 
 
+def resized_short_side(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
+    """(h, w) after torchvision's `Resize(size, max_size)`: the short side to `size`, the long one
+    int(size·long/short); if that passes `max_size`, the long side is `max_size` and the short one
+    int(max_size·size/long) (from the truncated long side, as torchvision computes it)."""
+    short, long = (h, w) if h <= w else (w, h)
+    new_short, new_long = size, int(size * long / short)
+    if new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_short, new_long) if h <= w else (new_long, new_short)
+
+
 @dataclass
 class ViewAugmenter:
     """n_views augmented views per image (DESIGN §6 / Text2LIVE-style): view 0 is the whole
     image resized to `size` on the short side (long side at most size·320/224), the others
-    random crops of 60–100 % of each side; every view gets flip (p .5), affine (±15°,
-    translate 10 %, fill 1, p .8), perspective (0.4, fill 1, p .5), colour jitter (0.1 each,
-    p .7), grayscale (p .15), then CLIP normalisation (done by the caller).
+    random crops of 60–100 % of the image, one scale for both sides (crops keep the picture's
+    aspect), resized to view 0's size; every view gets flip (p .5), affine (±15°, translate
+    10 %, fill 1, p .8), perspective (0.4, fill 1, p .5), colour jitter (0.1 each, p .7),
+    grayscale (p .15), then CLIP normalisation (done by the caller).
 
-    CLIP's ViT takes a square input, so every view is resampled to `size` (h, w): the crop,
-    flip, affine and perspective maps are composed into one sampling grid per view and all
-    views of all samples are drawn by a single `grid_sample` call. Differentiable w.r.t. the
-    images; the random parameters come from `generator`.
+    `mode` (see the module docstring): 'reference' and 'aspect' sample the views straight from
+    the image at view 0's size (bilinear, no antialiasing); 'square' resizes the image first
+    (antialiased) and resamples every view to `size`. The crop, flip, affine and perspective maps
+    are composed into one sampling grid per view and all views of all samples are drawn by a
+    single `grid_sample` call. Differentiable w.r.t. the images; the random parameters come from
+    `generator`. `min_side` (the ViT's patch) keeps at least one token row on extreme panoramas.
     """
 
     size: tuple[int, int] = (224, 224)
     n_views: int = N_VIEWS
+    mode: str = DEFAULT_VIEW_MODE
+    min_side: int = 1
     crop_scale: tuple[float, float] = (0.6, 1.0)
-    max_long_ratio: float = 320 / 224
+    max_long_ratio: float = REFERENCE_MAX_LONG
     flip_p: float = 0.5
     affine_p: float = 0.8
     degrees: float = 15.0
@@ -123,8 +157,21 @@ class ViewAugmenter:
     gray_p: float = 0.15
     fill: float = 1.0
 
+    def __post_init__(self):
+        if self.mode not in VIEW_MODES:
+            raise ValueError(f"view mode {self.mode!r}: use one of {', '.join(VIEW_MODES)}")
+
+    def view_size(self, h: int, w: int) -> tuple[int, int]:
+        """The (h, w) of every view of an h×w image."""
+        if self.mode == "square":
+            return tuple(self.size)
+        short = min(self.size)
+        vh, vw = resized_short_side(h, w, short, round(short * self.max_long_ratio))
+        return max(vh, self.min_side), max(vw, self.min_side)
+
     def base(self, img: torch.Tensor) -> torch.Tensor:
-        """The whole image resized to the view size on its short side (long side capped)."""
+        """'square' mode's source: the image resized (antialiased) to the view size on its short
+        side, the long side capped."""
         h, w = img.shape[-2:]
         short = min(self.size)
         if h <= w:
@@ -135,22 +182,30 @@ class ViewAugmenter:
             return img
         return F.interpolate(img, size=(bh, bw), mode="bilinear", align_corners=False, antialias=True)
 
+    def view0(self, img: torch.Tensor) -> torch.Tensor:
+        """View 0 without augmentation: [B, 3, view_size] (the deterministic part of the score)."""
+        size = self.view_size(*img.shape[-2:])
+        src = self.base(img) if self.mode == "square" else img
+        if tuple(src.shape[-2:]) == size:
+            return src
+        return F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=self.mode == "square")
+
     def __call__(self, img01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] → [B·n_views, 3, size] in [0, 1] (sample-major)."""
+        """[B, 3, H, W] in [0, 1] → [B·n_views, 3, view_size] in [0, 1] (sample-major)."""
         b = img01.shape[0]
         v = self.n_views
         n = b * v
         dev = img01.device
-        rh, rw = self.size
+        rh, rw = self.view_size(*img01.shape[-2:])
         u = torch.rand(n, 24, generator=generator, device=dev)
         first = (torch.arange(n, device=dev) % v == 0)
 
-        # crop box (half-size and centre in normalised base coordinates); view 0: the whole image
+        # crop box (half-size and centre in normalised source coordinates), one scale for both
+        # sides (u[:, 1] is left unused); view 0: the whole image
         lo, hi = self.crop_scale
-        sx = torch.where(first, 1.0, lo + (hi - lo) * u[:, 0])
-        sy = torch.where(first, 1.0, lo + (hi - lo) * u[:, 1])
-        cx = (1 - sx) * (2 * u[:, 2] - 1)
-        cy = (1 - sy) * (2 * u[:, 3] - 1)
+        sc = torch.where(first, 1.0, lo + (hi - lo) * u[:, 0])
+        cx = (1 - sc) * (2 * u[:, 2] - 1)
+        cy = (1 - sc) * (2 * u[:, 3] - 1)
         flip = torch.where(u[:, 4] < self.flip_p, -1.0, 1.0)
         aff = (u[:, 5] < self.affine_p).float()
         ang = math.radians(self.degrees) * (2 * u[:, 6] - 1) * aff
@@ -172,19 +227,20 @@ class ViewAugmenter:
         px, py = _quad_to_square(moved)(ox, oy)
         valid = (px.abs() <= 1) & (py.abs() <= 1)
 
-        # affine (rotation about the centre, then translation): invert it
+        # affine (rotation about the centre, then translation): invert it; the rotation is in
+        # pixels, so on a non-square view the normalised coordinates are scaled by the aspect
         c, s = torch.cos(ang).view(n, 1), torch.sin(ang).view(n, 1)
         qx, qy = px - tx.view(n, 1), py - ty.view(n, 1)
-        ax, ay = c * qx + s * qy, -s * qx + c * qy
+        ax, ay = c * qx + s * (rh / rw) * qy, -s * (rw / rh) * qx + c * qy
         valid &= (ax.abs() <= 1) & (ay.abs() <= 1)
 
-        # flip, then the crop box in the base image
-        gx = cx.view(n, 1) + sx.view(n, 1) * flip.view(n, 1) * ax
-        gy = cy.view(n, 1) + sy.view(n, 1) * ay
+        # flip, then the crop box in the source image
+        gx = cx.view(n, 1) + sc.view(n, 1) * flip.view(n, 1) * ax
+        gy = cy.view(n, 1) + sc.view(n, 1) * ay
 
-        base = self.base(img01)
+        src = self.base(img01) if self.mode == "square" else img01
         grid = torch.stack([gx, gy], -1).view(b, v * rh, rw, 2)  # all views of a sample stacked in height
-        views = F.grid_sample(base, grid.to(base.dtype), mode="bilinear", padding_mode="border",
+        views = F.grid_sample(src, grid.to(src.dtype), mode="bilinear", padding_mode="border",
                               align_corners=False)
         views = views.view(b, 3, v, rh, rw).transpose(1, 2).reshape(n, 3, rh, rw)
         views = torch.where(valid.view(n, 1, rh, rw), views, torch.full_like(views[:1, :1, :1, :1], self.fill))
@@ -201,3 +257,79 @@ class ViewAugmenter:
                                    u[:, 23] < self.gray_p, mean_gray)
         views = torch.baddbmm(off, m, views.reshape(n, 3, rh * rw)).clamp(0, 1)
         return views.view(n, 3, rh, rw)
+
+
+# -- the ViT on views of any size ------------------------------------------------------------------
+
+
+class _PatchEmbed(torch.nn.Module):
+    """A ViT patch embedding (a convolution with stride = kernel, no padding) as one matmul:
+    the same weights and arithmetic as the convolution, without cuDNN's slow paths for this
+    shape (its bf16 input-gradient kernel alone cost ~2 ms per 256 views on an H200)."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.patch = tuple(conv.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        ph, pw = self.patch
+        gh, gw = h // ph, w // pw
+        x = x[..., :gh * ph, :gw * pw].reshape(n, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        y = F.linear(x.reshape(n * gh * gw, c * ph * pw), self.weight.reshape(self.weight.shape[0], -1), self.bias)
+        return y.view(n, gh, gw, -1).permute(0, 3, 1, 2)
+
+
+def patch_embed_as_matmul(model) -> None:
+    """The ViT's patch convolution replaced by `_PatchEmbed` (same weights), where it is one."""
+    conv = getattr(getattr(model, "visual", None), "conv1", None)
+    if (isinstance(conv, torch.nn.Conv2d) and tuple(conv.kernel_size) == tuple(conv.stride)
+            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"):
+        model.visual.conv1 = _PatchEmbed(conv)
+
+
+def accepts_any_size(visual) -> bool:
+    """Whether `visual` is open_clip's own ViT (a patch embedding and a learnable positional table
+    of a square grid), whose forward `encode_views` can run at any input size."""
+    from open_clip.transformer import VisionTransformer
+
+    pos = getattr(visual, "positional_embedding", None)
+    if not isinstance(visual, VisionTransformer) or pos is None or pos.dim() != 2:
+        return False
+    return math.isqrt(pos.shape[0] - 1) ** 2 == pos.shape[0] - 1
+
+
+def positional_embedding(pos: torch.Tensor, view_hw: tuple[int, int], patch: tuple[int, int],
+                         mode: str) -> torch.Tensor:
+    """The table pos [1 + n², D] of a square n×n grid for views of `view_hw` pixels: unchanged for
+    a square view of n×n patches, else its grid resampled bicubically DINO-style (scale factor
+    (g + 0.1) / n, so that the float size rounds down to g) to the (h//ph)×(w//pw) token grid;
+    in 'reference' mode to (w//pw)×(h//ph), flattened row-major (see the module
+    docstring). Float32."""
+    n = math.isqrt(pos.shape[0] - 1)
+    h, w = view_hw
+    gh, gw = h // patch[0], w // patch[1]
+    if gh * gw == n * n and h == w:
+        return pos.float()
+    rows, cols = (gw, gh) if mode == "reference" else (gh, gw)
+    grid = pos[1:].float().reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / n, (cols + 0.1) / n), mode="bicubic",
+                         align_corners=False)
+    return torch.cat([pos[:1].float(), grid.flatten(2)[0].t()])
+
+
+def encode_views(visual, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The image embeddings of normalised views x [N, 3, h, w]: open_clip's ViT forward with the
+    positional embedding for x's size ('square' mode: the model's own forward, unchanged)."""
+    if mode == "square":
+        return visual(x)
+    patch = tuple(visual.patch_size)                           # open_clip keeps it as (ph, pw)
+    t = visual.conv1(x)                                        # [N, D, gh, gw]
+    t = t.flatten(2).transpose(1, 2)                           # tokens row-major, as the ViT's own
+    cls = visual.class_embedding.to(t.dtype).view(1, 1, -1).expand(t.shape[0], -1, -1)
+    pos = positional_embedding(visual.positional_embedding, tuple(x.shape[-2:]), patch, mode)
+    t = visual.ln_pre(visual.patch_dropout(torch.cat([cls, t], 1) + pos.to(t.dtype)))
+    pooled, _ = visual._pool(visual.transformer(t))
+    return pooled @ visual.proj if visual.proj is not None else pooled

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .clip import LoadedClip
-from .clip_views import N_VIEWS, ViewAugmenter
+from .clip_views import DEFAULT_VIEW_MODE, N_VIEWS, VIEW_MODES, ViewAugmenter, accepts_any_size, encode_views
+from .errors import UserError
 from .samplers import ddpm_step, q_sample, upsample
 
 # -- constants ---------------------------------------------------------------------------------
@@ -61,19 +62,30 @@ class TextGuide:
     `score = -loss`, `loss = 1.2·(1 − mean cosine similarity)` between the image's views and a
     random subset of the prompt's template embeddings (subset size uniform in 1..n, drawn with
     replacement; drawn per sample so that results do not depend on the batch composition).
+    `views`: 'reference', 'aspect' or 'square' (`sinddm.clip_views`). `deterministic`: view 0
+    alone and every template, the part of the score the reference record pins (no randomness).
     """
 
     def __init__(self, clip: LoadedClip, prompt: str, n_views: int = N_VIEWS,
                  generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, views: str = DEFAULT_VIEW_MODE, deterministic: bool = False):
+        if views not in VIEW_MODES:
+            raise UserError(f"--clip-views '{views}': use one of {', '.join(VIEW_MODES)}")
+        visual = clip.model.visual
+        if views != "square" and not accepts_any_size(visual):
+            raise UserError(f"--clip-views {views}: the image tower of CLIP {clip.name} takes square inputs only; "
+                            "use --clip-views square")
         self.clip = clip
         self.prompt = prompt
         self.generator = generator
         self.autocast_dtype = autocast_dtype
+        self.views = views
+        self.deterministic = deterministic
         # On CUDA the image encoder's forward+backward is launch-bound (~1000 small kernels):
-        # replay it as a CUDA graph per input shape (views are always batch·16 × 224²).
+        # replay it as a CUDA graph per input shape (views of one image size share one shape).
         self.cuda_graphs = cuda_graphs and autocast_dtype is None
-        self.augment = ViewAugmenter(size=clip.image_size, n_views=n_views)
+        patch = max(visual.patch_size) if views != "square" else 1
+        self.augment = ViewAugmenter(size=clip.image_size, n_views=n_views, mode=views, min_side=patch)
         self.text = {k: clip.text_features([t.format(prompt) for t in v]) for k, v in TEMPLATES.items()}
         self.image_forwards = 0      # image-encoder calls (instrumentation)
         self.last_batch = 0          # images in the last image-encoder call
@@ -89,18 +101,20 @@ class TextGuide:
         ctx = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else contextlib.nullcontext())
         with ctx:
-            feats = self.clip.model.visual(x)
+            feats = self._forward(x)
         return F.normalize(feats.float(), dim=-1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return encode_views(self.clip.model.visual, x, self.views)
 
     def _graphed(self, x: torch.Tensor):
         """The image encoder captured (forward and backward) for x's shape; None if capture fails."""
-        key = (tuple(x.shape), x.dtype)
+        key = (tuple(x.shape), x.dtype, self.views)
         graphs = self.clip._graphs
         if key not in graphs:
-            visual = self.clip.model.visual
             sample = torch.zeros(x.shape, dtype=x.dtype, device=x.device, requires_grad=True)
             try:
-                graphs[key] = torch.cuda.make_graphed_callables(lambda v: visual(v), (sample,))
+                graphs[key] = torch.cuda.make_graphed_callables(self._forward, (sample,))
             except Exception as e:  # an unsupported op or driver: run eagerly, say so once
                 import warnings
 
@@ -122,12 +136,7 @@ class TextGuide:
         """[B] mean cosine similarity of each image (in [-1, 1]) with the prompt."""
         b = images.shape[0]
         img01 = (images.float() + 1) / 2
-        if augment:
-            views = self.augment(img01, self.generator)
-        else:
-            views = self.augment.base(img01)
-            views = F.interpolate(views, size=self.clip.image_size, mode="bilinear", align_corners=False,
-                                  antialias=True)
+        views = self.augment(img01, self.generator) if augment else self.augment.view0(img01)
         nv = views.shape[0] // b
         feats = self._encode(views)                          # [B·V, D]
         text = self.text[templates]                          # [n, D]
@@ -147,7 +156,8 @@ class TextGuide:
         """([B] score, [B, 3, H, W] its gradient w.r.t. `images`): one encoder forward/backward."""
         with torch.enable_grad():
             x = images.detach().float().requires_grad_(True)
-            loss = LOSS_WEIGHT * (1 - self.similarity(x, templates))
+            random = not self.deterministic
+            loss = LOSS_WEIGHT * (1 - self.similarity(x, templates, augment=random, subset=random))
             (g,) = torch.autograd.grad(-loss.sum(), x)
         return -loss.detach(), g
 
