@@ -5,7 +5,8 @@
   text-style           samples in a style: prompt + " Style", guided at the finest scale only
   text-style-transfer  the training image restyled: injected as the result of scale N-2
 
-Every mode takes --clip-model / --clip-pretrained / --clip-checkpoint (see `sinddm.guidance`).
+Every mode takes --clip-model / --clip-pretrained / --clip-checkpoint / --clip-views (see
+`sinddm.guidance`, `sinddm.clip_views`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _iterations(v: str) -> int:
 
 def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
     from ..clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+    from ..clip_views import DEFAULT_VIEW_MODE, VIEW_MODES
 
     p.add_argument("--text", required=True, help="the text prompt")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="NAME",
@@ -46,6 +48,10 @@ def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-checkpoint", metavar="PATH",
                    help="local CLIP weights file instead of open_clip's download cache (OpenAI's ViT-B-32.pt "
                         "or an open_clip .safetensors/.bin)")
+    p.add_argument("--clip-views", choices=VIEW_MODES, default=DEFAULT_VIEW_MODE,
+                   help="how CLIP sees x̂0: 'reference' (the published code: aspect kept, its positional-embedding "
+                        "layout), 'aspect' (that layout corrected), 'square' (squeezed to CLIP's square input) "
+                        f"(default {DEFAULT_VIEW_MODE})")
 
 
 def _add_guidance_arguments(p, strength: float, fill: float, momentum: float) -> None:
@@ -83,11 +89,13 @@ def _precision(args, device) -> torch.dtype | None:
 
 def _guide(args, device, prompt: str):
     from ..clip import ClipSpec, load_clip
+    from ..clip_views import DEFAULT_VIEW_MODE
     from ..guidance import TextGuide
 
     dtype = _precision(args, device)
     clip = load_clip(ClipSpec.from_args(args), device, dtype=dtype or torch.float32)
-    return TextGuide(clip, prompt, cuda_graphs=dtype is not None)
+    views = getattr(args, "clip_views", DEFAULT_VIEW_MODE)
+    return TextGuide(clip, prompt, cuda_graphs=dtype is not None, views=views)
 
 
 def _batches(args, sizes_hw, loaded, device):
