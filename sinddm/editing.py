@@ -165,14 +165,17 @@ def sample_pyramid_hooked(model, schedule: Schedule, gammas: torch.Tensor, sizes
 
 # -- masks -----------------------------------------------------------------------------------
 
-def binarize_mask(picture: Image.Image | np.ndarray) -> np.ndarray:
-    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128)."""
+def binarize_mask(picture: Image.Image | np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128);
+    with `size_hw`, then resized by `resize_mask`. The one rule every mask option reads by
+    (harmonize's --mask, text-roi's --mask)."""
     if isinstance(picture, Image.Image):
         grey = np.asarray(picture.convert("L"), dtype=np.uint8)
     else:
         a = np.asarray(picture)
         grey = a if a.ndim == 2 else np.asarray(Image.fromarray(a.astype(np.uint8)).convert("L"))
-    return grey >= 128
+    mask = grey >= 128
+    return mask if size_hw is None else resize_mask(mask, size_hw).numpy()
 
 
 def resize_mask(mask: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

@@ -309,19 +309,20 @@ def _mask_region(path: Path, size_hw: tuple[int, int]):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from ..editing import binarize_mask
+
     if not path.is_file():
         raise UserError(f"--mask '{path}': no such file; give a PNG, white where the text goes")
     try:
         with Image.open(path) as im:
-            im = im.convert("L")
-            h, w = size_hw
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.NEAREST)
-            a = np.asarray(im) > 127
+            full, a = binarize_mask(im), binarize_mask(im, size_hw)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"--mask '{path}': not a readable picture ({type(e).__name__})") from None
-    if not a.any():
+    if not full.any():
         raise UserError(f"--mask '{path}': no white pixels; mark the region in white")
+    if not a.any():
+        raise UserError(f"--mask '{path}': the white region vanishes at the finest scale's {size_hw[1]}x{size_hw[0]} "
+                        "px; paint a larger region")
     ys, xs = np.nonzero(a)
     box = (int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1))
     return box, torch.from_numpy(a.astype(np.float32)).view(1, 1, *a.shape)
