@@ -313,6 +313,7 @@ def positional_embedding(pos: torch.Tensor, view_hw: tuple[int, int], patch: tup
     gh, gw = h // patch[0], w // patch[1]
     if gh * gw == n * n and h == w:
         return pos.float()
+    # the reference's bug, kept on purpose: it asks for (width, height) where (height, width) is meant
     rows, cols = (gw, gh) if mode == "reference" else (gh, gw)
     grid = pos[1:].float().reshape(1, n, n, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, scale_factor=((rows + 0.1) / n, (cols + 0.1) / n), mode="bicubic",
