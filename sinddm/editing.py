@@ -170,6 +170,10 @@ def binarize_mask(picture: Image.Image | np.ndarray, size_hw: tuple[int, int] | 
     with `size_hw`, then resized by `resize_mask`. The one rule every mask option reads by
     (harmonize's --mask, text-roi's --mask)."""
     if isinstance(picture, Image.Image):
+        if picture.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            from .image_io import _to_rgb8   # scaled to 8 bits as load_rgb does (convert("L") clips)
+
+            picture = _to_rgb8(picture)
         grey = np.asarray(picture.convert("L"), dtype=np.uint8)
     else:
         a = np.asarray(picture)

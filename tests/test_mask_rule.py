@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from sinddm.editing import binarize_mask, resize_mask
+from sinddm.image_io import load_rgb
 from sinddm.edits.text import _mask_region
 from sinddm.errors import UserError
 
@@ -55,3 +56,16 @@ def test_a_region_that_vanishes_at_the_finest_scale_is_one_line(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(path)
     with pytest.raises(UserError, match="no white pixels"):
         _mask_region(path, (20, 20))
+
+
+def test_a_16_bit_mask_is_scaled_not_clipped(tmp_path):
+    """46 % grey in a 16-bit PNG is out, 61 % in, whether text-roi opens it or harmonize's load_rgb
+    (which scales 16-bit pictures to 8 bits) does."""
+    grey = np.zeros((8, 8), np.uint16)
+    grey[:, 2:4] = 30000
+    grey[:, 4:6] = 40000
+    path = tmp_path / "mask16.png"
+    Image.fromarray(grey).save(path)
+    _, region = _mask_region(path, (8, 8))
+    assert region[0, 0].bool().any(0).tolist() == [False] * 4 + [True] * 2 + [False] * 2
+    assert torch.equal(region[0, 0].bool(), torch.from_numpy(binarize_mask(load_rgb(path), (8, 8))))
