@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--clip-model", default="ViT-B-32")
     p.add_argument("--clip-pretrained", default="openai", help="'none': random weights (timing only)")
     p.add_argument("--clip-checkpoint")
+    p.add_argument("--clip-views", default=None, help="reference, aspect or square (default: the library's)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rows", default="unguided,unguided-ddpm,content,style,clip-step,clip-step-eager,augment")
     p.add_argument("--json", help="write the results here")
@@ -120,11 +121,14 @@ def main(argv=None) -> int:
     rows = args.rows.split(",")
     b = args.batch
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "clip_views": args.clip_views or "default",
            "precision": precision, "batch": b, "sizes_hw": [list(s) for s in sizes], "start_t": start_t,
            "clip": clip.name, "clip_random": clip.random_weights, "clip_load_s": round(clip_load_s, 2),
            "steps_total": sum(start_t), "times_s": {}}
     print(f"{res['device']}, precision {precision}, batch {b}, sizes {sizes}, T {start_t}, CLIP {clip.name}",
           flush=True)
+
+    vk = {"views": args.clip_views} if args.clip_views else {}   # (older versions have no view modes)
 
     def guided(params, guide):
         def run():
@@ -140,13 +144,13 @@ def main(argv=None) -> int:
         "unguided": lambda: generate(loaded, b, sizes, start_t, seed=0, batch_size=b, device=device,
                                      progress=False, precision=precision),
         "unguided-ddpm": guided(content, None),
-        "content": guided(content, TextGuide(clip, "a medieval castle", cuda_graphs=graphs)),
-        "style": guided(style, TextGuide(clip, "Van Gogh Style", cuda_graphs=graphs)),
+        "content": guided(content, TextGuide(clip, "a medieval castle", cuda_graphs=graphs, **vk)),
+        "style": guided(style, TextGuide(clip, "Van Gogh Style", cuda_graphs=graphs, **vk)),
     }
     x = torch.rand(b, 3, *sizes[-1], device=device) * 2 - 1
     step_guide = TextGuide(clip, "a medieval castle", cuda_graphs=graphs,
-                           generator=torch.Generator(device=device).manual_seed(0))
-    eager_guide = TextGuide(clip, "a medieval castle", generator=torch.Generator(device=device).manual_seed(0))
+                           generator=torch.Generator(device=device).manual_seed(0), **vk)
+    eager_guide = TextGuide(clip, "a medieval castle", generator=torch.Generator(device=device).manual_seed(0), **vk)
     jobs["clip-step"] = lambda: step_guide.score_grad(x, "hq")
     jobs["clip-step-eager"] = lambda: eager_guide.score_grad(x, "hq")
 
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
         print(f"{name:>14}: {sec:8.3f} s   peak {mem:6.2f} GiB", flush=True)
     if graphs and device.type == "cuda":
         # the graphed encoder must give what the eager one gives, on the same views
-        views = torch.rand(b * 16, 3, *clip.image_size, device=device)
+        views = torch.rand(b * 16, 3, *step_guide.augment.view_size(*sizes[-1]), device=device)
         out = []
         for gd in (step_guide, eager_guide):
             v = views.clone().requires_grad_(True)

@@ -3,13 +3,16 @@
 `load_clip(ClipSpec, device)` gives an open_clip model + tokenizer. Weights come from
 open_clip's download cache or a local file; nothing is downloaded when HF_HUB_OFFLINE=1 (or
 when the weights are already cached), and a missing file is a one-line `UserError` that says
-how to provide it. OpenAI's original TorchScript .pt files load too.
+how to provide it. OpenAI's original files (TorchScript archives, or state dicts with OpenAI's
+integer entries) load too, always with QuickGELU and OpenAI's normalisation constants; other
+weights take both from the pretrained tag (the model config's own without one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .clip_views import patch_embed_as_matmul
 from .errors import UserError
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
@@ -30,7 +34,8 @@ _RANDOM_TAGS = ("none", "random", "")
 class ClipSpec:
     """Which CLIP: an open_clip model name (or a JSON config file, or 'local-dir:PATH'), a
     pretrained tag of that model ('none': random weights, for tests and timing), and an optional
-    local weights file that replaces the download (the tag still decides QuickGELU)."""
+    local weights file that replaces the download (the tag still decides QuickGELU and the
+    normalisation, except for OpenAI's own files)."""
 
     model: str = DEFAULT_CLIP_MODEL
     pretrained: Optional[str] = DEFAULT_CLIP_PRETRAINED
@@ -50,6 +55,8 @@ class ResolvedClip:
     tag: Optional[str] = None      # pretrained tag to download (only when `file` is None)
     quick_gelu: bool = False       # force QuickGELU (OpenAI weights need it)
     random: bool = False
+    mean: Optional[tuple] = None   # the tag's normalisation (None: the model config's own)
+    std: Optional[tuple] = None
 
 
 def _truthy(name: str) -> bool:
@@ -223,11 +230,12 @@ def resolve_clip(spec: ClipSpec) -> ResolvedClip:
     builtin = not name.startswith(("local-dir:", "hf-hub:"))
     tag_cfg = open_clip.get_pretrained_cfg(name, tag) if (tag and builtin) else {}
     quick = bool(tag_cfg.get("quick_gelu", False))
+    norm = {k: tuple(tag_cfg[k]) for k in ("mean", "std") if tag_cfg.get(k)}
     if spec.checkpoint:
         p = Path(spec.checkpoint)
         if not p.is_file():
             raise UserError(f"--clip-checkpoint '{p}': no such file; give the CLIP weights file for {name}")
-        return ResolvedClip(name=name, file=str(p), quick_gelu=quick)
+        return ResolvedClip(name=name, file=str(p), quick_gelu=quick, **norm)
     if not builtin:
         return ResolvedClip(name=name)
     if tag is None:
@@ -238,7 +246,7 @@ def resolve_clip(spec: ClipSpec) -> ResolvedClip:
                         "or give --clip-checkpoint PATH")
     cached = _cached_weights(tag_cfg, _cache_dir())
     if cached:
-        return ResolvedClip(name=name, file=cached, quick_gelu=quick)
+        return ResolvedClip(name=name, file=cached, quick_gelu=quick, **norm)
     if _offline():
         raise UserError(_missing_message(name, tag, tag_cfg, " and HF_HUB_OFFLINE is set"))
     where = _host_port(_download_url(tag_cfg))
@@ -254,6 +262,45 @@ def _is_torchscript(path: str) -> bool:
             return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")   # integers in OpenAI's files
+
+
+def _layout_error(path: str) -> UserError:
+    return UserError(f"--clip-checkpoint '{path}': not CLIP weights in a known layout (OpenAI's TorchScript .pt, an "
+                     "OpenAI or open_clip state dict, or open_clip's .safetensors/.bin)")
+
+
+def _openai_state_dict(path: str) -> Optional[dict]:
+    """The weights of an OpenAI-layout file (its TorchScript archive, or a state dict with OpenAI's
+    integer entries) without those integers; None for other CLIP files (open_clip loads those);
+    a `UserError` for a file without CLIP weights."""
+    if path.endswith((".npz", ".npy")):
+        return None                                  # big_vision weights: open_clip's own loader
+    script = _is_torchscript(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                state = dict.fromkeys(f.keys())
+        elif script:
+            with warnings.catch_warnings():     # torch's deprecation notice for TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(path, map_location="cpu").state_dict()
+        else:   # memory-mapped: only the keys are needed unless the file is OpenAI's
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:
+        raise _layout_error(path) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not any(str(k).startswith(("visual.", "module.visual.", "image_encoder."))
+                                              for k in state):
+        raise _layout_error(path)
+    if not (script or any(k in state for k in _OPENAI_EXTRAS)):
+        return None
+    return {k.removeprefix("module."): v for k, v in state.items() if k not in _OPENAI_EXTRAS}
 
 
 @dataclass
@@ -291,33 +338,6 @@ def _cache_key(spec: ClipSpec, device: torch.device, dtype: torch.dtype) -> tupl
     return (model, spec.pretrained, ckpt, str(device), str(dtype), _cache_dir())
 
 
-class _PatchEmbed(torch.nn.Module):
-    """A ViT patch embedding (a convolution with stride = kernel, no padding) as one matmul:
-    the same weights and arithmetic as the convolution, without cuDNN's slow paths for this
-    shape (its bf16 input-gradient kernel alone cost ~2 ms per 256 views on an H200)."""
-
-    def __init__(self, conv: torch.nn.Conv2d):
-        super().__init__()
-        self.weight, self.bias = conv.weight, conv.bias
-        self.patch = tuple(conv.kernel_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        ph, pw = self.patch
-        gh, gw = h // ph, w // pw
-        x = x[..., :gh * ph, :gw * pw].reshape(n, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
-        y = F.linear(x.reshape(n * gh * gw, c * ph * pw), self.weight.reshape(self.weight.shape[0], -1), self.bias)
-        return y.view(n, gh, gw, -1).permute(0, 3, 1, 2)
-
-
-def _patch_embed_as_matmul(model) -> None:
-    conv = getattr(getattr(model, "visual", None), "conv1", None)
-    if (isinstance(conv, torch.nn.Conv2d) and tuple(conv.kernel_size) == tuple(conv.stride)
-            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros"):
-        model.visual.conv1 = _PatchEmbed(conv)
-
-
 def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> LoadedClip:
     """The CLIP model for `spec` on `device` in `dtype`, loaded once per process (`sinddm run`
@@ -329,16 +349,19 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
     import open_clip
 
     r = resolve_clip(spec)
+    openai = _openai_state_dict(r.file) if r.file else None
+    norm = {k: v for k, v in (("mean", r.mean), ("std", r.std)) if v is not None}
     try:
-        if r.file and _is_torchscript(r.file):
-            state = torch.jit.load(r.file, map_location="cpu").state_dict()
-            for k in ("input_resolution", "context_length", "vocab_size"):
-                state.pop(k, None)
-            model = open_clip.create_model(r.name, pretrained=None, force_quick_gelu=r.quick_gelu)
-            model.load_state_dict(state, strict=True)
-        else:
-            import logging
+        import logging
 
+        if openai is not None:
+            # OpenAI's weights were trained with QuickGELU and OpenAI's constants, whatever the tag says;
+            # (open_clip's "initialized randomly" warning is about the moment before they are loaded)
+            with _quiet_logging(logging.WARNING):
+                model = open_clip.create_model(r.name, pretrained=None, force_quick_gelu=True, force_preprocess_cfg={
+                    "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD})
+            model.load_state_dict(openai, strict=True)
+        else:
             # open_clip warns on the root logger (random weights: sinddm says it once, below), and a
             # failing download logs huggingface_hub's retries and open_clip's error: the UserError
             # below says it in one line
@@ -346,7 +369,7 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
                      _quiet_logging(logging.CRITICAL) if r.tag else contextlib.nullcontext())
             with quiet:
                 model = open_clip.create_model(r.name, pretrained=r.file or r.tag, force_quick_gelu=r.quick_gelu,
-                                               cache_dir=_cache_dir())
+                                               force_preprocess_cfg=norm or None, cache_dir=_cache_dir())
         tokenizer = open_clip.get_tokenizer(r.name)
     except UserError:
         raise
@@ -365,12 +388,11 @@ def load_clip(spec: ClipSpec = ClipSpec(), device: torch.device | str = "cpu",
               "meaningless, for tests and timing only", file=sys.stderr)
     model = model.to(device).eval().float()
     model.requires_grad_(False)
-    _patch_embed_as_matmul(model)
+    patch_embed_as_matmul(model)
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
-    mean = cfg.get("mean") or getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-    std = cfg.get("std") or getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    cfg = open_clip.get_model_preprocess_cfg(model)     # the model's own (a tag's, when a tag named it)
+    mean, std = cfg.get("mean") or open_clip.OPENAI_DATASET_MEAN, cfg.get("std") or open_clip.OPENAI_DATASET_STD
     loaded = LoadedClip(model=model, tokenizer=tokenizer, name=r.name, image_size=size,
                         mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),
                         std=torch.tensor(std, device=device).view(1, 3, 1, 1),

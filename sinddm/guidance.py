@@ -2,9 +2,8 @@
 
 The CLIP model itself comes from `sinddm.clip.load_clip`. Pieces, each usable on its own:
 
-- `ViewAugmenter`: 16 augmented views per image as batched, differentiable tensor ops (one
-  `grid_sample` for every crop/flip/affine/perspective of every view of every sample, then
-  colour jitter, grayscale and CLIP normalisation on the whole stack).
+- `ViewAugmenter` (in `sinddm.clip_views`): 16 augmented views per image as batched,
+  differentiable tensor ops.
 - `TextGuide`: text embeddings of the prompt in the 14 high-quality and 26 low-quality
   templates, the loss 1.2·(1 − mean cosine similarity) over a random template subset, and its
   gradient with respect to the images: every sample and view in ONE image-encoder forward.
@@ -20,7 +19,6 @@ description in DESIGN §6 and supplement E.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .clip import LoadedClip
+from .clip_views import DEFAULT_VIEW_MODE, N_VIEWS, VIEW_MODES, ViewAugmenter, accepts_any_size, encode_views
+from .errors import UserError
 from .samplers import ddpm_step, q_sample, upsample
 
 # -- constants ---------------------------------------------------------------------------------
@@ -49,202 +49,9 @@ LQ_TEMPLATES = [
 ]
 TEMPLATES = {"hq": HQ_TEMPLATES, "lq": LQ_TEMPLATES}
 
-N_VIEWS = 16
 LOSS_WEIGHT = 1.2
 UNGUIDED_TAIL = 3          # no guidance in the last 3 steps of the finest scale
 STYLE_SUFFIX = " Style"
-
-# -- views ---------------------------------------------------------------------------------------
-
-_LUMA = (0.299, 0.587, 0.114)
-
-
-
-def _quad_to_square(quad: torch.Tensor):
-    """Per-view maps from the quadrilateral `quad` [N, 4, 2] (corners TL, TR, BR, BL in normalised
-    coordinates) back to the square [-1, 1]²: the inverse of Heckbert's closed-form square-to-quad
-    homography, as a function of (x, y) [N, P] (no linear solve, no host sync)."""
-    p = (quad + 1) / 2                                   # unit-square coordinates
-    x0, x1, x2, x3 = p[:, 0, 0], p[:, 1, 0], p[:, 2, 0], p[:, 3, 0]
-    y0, y1, y2, y3 = p[:, 0, 1], p[:, 1, 1], p[:, 2, 1], p[:, 3, 1]
-    dx1, dx2, dx3 = x1 - x2, x3 - x2, x0 - x1 + x2 - x3
-    dy1, dy2, dy3 = y1 - y2, y3 - y2, y0 - y1 + y2 - y3
-    den = dx1 * dy2 - dx2 * dy1
-    g = (dx3 * dy2 - dx2 * dy3) / den
-    h = (dx1 * dy3 - dx3 * dy1) / den
-    a, b, c = x1 - x0 + g * x1, x3 - x0 + h * x3, x0
-    d, e, f = y1 - y0 + g * y1, y3 - y0 + h * y3, y0
-    # adjugate of [[a, b, c], [d, e, f], [g, h, 1]]: the inverse up to scale
-    inv = [e - f * h, c * h - b, b * f - c * e,
-           f * g - d, a - c * g, c * d - a * f,
-           d * h - e * g, b * g - a * h, a * e - b * d]
-    inv = [v.unsqueeze(1) for v in inv]
-
-    def apply(x: torch.Tensor, y: torch.Tensor):
-        u, v = (x + 1) / 2, (y + 1) / 2
-        w = inv[6] * u + inv[7] * v + inv[8]
-        su = (inv[0] * u + inv[1] * v + inv[2]) / w
-        sv = (inv[3] * u + inv[4] * v + inv[5]) / w
-        return 2 * su - 1, 2 * sv - 1
-
-    return apply
-
-
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
-_CONSTANTS = {
-    "luma": torch.tensor(_LUMA),
-    "yiq": _YIQ.float(),
-    "yiq_inv": torch.linalg.inv(_YIQ).float(),
-    "corners": torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]),   # TL, TR, BR, BL
-}
-_DEVICE_CONSTANTS: dict = {}
-
-
-def _const(name: str, device) -> torch.Tensor:
-    """A constant on `device`, copied there once (a host-to-device copy per call would
-    synchronise the stream and stall the GPU in the guided loop)."""
-    key = (name, str(device))
-    if key not in _DEVICE_CONSTANTS:
-        _DEVICE_CONSTANTS[key] = _CONSTANTS[name].to(device)
-    return _DEVICE_CONSTANTS[key]
-
-
-def _colour_transform(b: torch.Tensor, c: torch.Tensor, s: torch.Tensor, hue: torch.Tensor, gray: torch.Tensor,
-                      mean_gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour jitter (brightness b, contrast c, saturation s, hue shift in turns) then grayscale,
-    folded into one affine map per view: x ← M x + v, M [N, 3, 3], v [N, 3, 1].
-
-    Brightness scales, contrast blends with the view's mean gray (× b), saturation blends with
-    the pixel's gray, hue rotates the chroma plane in YIQ; torchvision clamps after each of
-    these, here one clamp follows the whole map (they differ only where a channel saturates).
-    """
-    n, dev = b.shape[0], b.device
-    w = _const("luma", dev)
-    eye = torch.eye(3, device=dev).expand(n, 3, 3)
-    ones_w = torch.ones(3, 1, device=dev) * w.view(1, 3)               # 1·wᵀ (gray of every channel)
-    sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * ones_w
-    ang = 2 * math.pi * hue
-    rot = torch.zeros(n, 3, 3, device=dev)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(ang), -torch.sin(ang)
-    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(ang), torch.cos(ang)
-    hue_m = _const("yiq_inv", dev) @ rot @ _const("yiq", dev)
-    gray_m = torch.where(gray.view(n, 1, 1), ones_w.expand(n, 3, 3), eye)
-    chain = gray_m @ hue_m @ sat                                        # after the contrast blend
-    m = chain * (c * b).view(n, 1, 1)
-    v = chain @ ((1 - c) * b * mean_gray).view(n, 1, 1).expand(n, 3, 1)
-    return m, v
-
-
-@dataclass
-class ViewAugmenter:
-    """n_views augmented views per image (DESIGN §6 / Text2LIVE-style): view 0 is the whole
-    image resized to `size` on the short side (long side at most size·320/224), the others
-    random crops of 60–100 % of each side; every view gets flip (p .5), affine (±15°,
-    translate 10 %, fill 1, p .8), perspective (0.4, fill 1, p .5), colour jitter (0.1 each,
-    p .7), grayscale (p .15), then CLIP normalisation (done by the caller).
-
-    CLIP's ViT takes a square input, so every view is resampled to `size` (h, w): the crop,
-    flip, affine and perspective maps are composed into one sampling grid per view and all
-    views of all samples are drawn by a single `grid_sample` call. Differentiable w.r.t. the
-    images; the random parameters come from `generator`.
-    """
-
-    size: tuple[int, int] = (224, 224)
-    n_views: int = N_VIEWS
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    max_long_ratio: float = 320 / 224
-    flip_p: float = 0.5
-    affine_p: float = 0.8
-    degrees: float = 15.0
-    translate: float = 0.1
-    perspective_p: float = 0.5
-    distortion: float = 0.4
-    jitter_p: float = 0.7
-    jitter: float = 0.1
-    gray_p: float = 0.15
-    fill: float = 1.0
-
-    def base(self, img: torch.Tensor) -> torch.Tensor:
-        """The whole image resized to the view size on its short side (long side capped)."""
-        h, w = img.shape[-2:]
-        short = min(self.size)
-        if h <= w:
-            bh, bw = short, min(max(1, round(short * w / h)), round(short * self.max_long_ratio))
-        else:
-            bw, bh = short, min(max(1, round(short * h / w)), round(short * self.max_long_ratio))
-        if (bh, bw) == (h, w):
-            return img
-        return F.interpolate(img, size=(bh, bw), mode="bilinear", align_corners=False, antialias=True)
-
-    def __call__(self, img01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] → [B·n_views, 3, size] in [0, 1] (sample-major)."""
-        b = img01.shape[0]
-        v = self.n_views
-        n = b * v
-        dev = img01.device
-        rh, rw = self.size
-        u = torch.rand(n, 24, generator=generator, device=dev)
-        first = (torch.arange(n, device=dev) % v == 0)
-
-        # crop box (half-size and centre in normalised base coordinates); view 0: the whole image
-        lo, hi = self.crop_scale
-        sx = torch.where(first, 1.0, lo + (hi - lo) * u[:, 0])
-        sy = torch.where(first, 1.0, lo + (hi - lo) * u[:, 1])
-        cx = (1 - sx) * (2 * u[:, 2] - 1)
-        cy = (1 - sy) * (2 * u[:, 3] - 1)
-        flip = torch.where(u[:, 4] < self.flip_p, -1.0, 1.0)
-        aff = (u[:, 5] < self.affine_p).float()
-        ang = math.radians(self.degrees) * (2 * u[:, 6] - 1) * aff
-        tx = 2 * self.translate * (2 * u[:, 7] - 1) * aff
-        ty = 2 * self.translate * (2 * u[:, 8] - 1) * aff
-        per = (u[:, 9] < self.perspective_p).float()
-        d = self.distortion * u[:, 10:18].view(n, 4, 2) * per.view(n, 1, 1)
-
-        # output pixel centres (normalised, align_corners=False)
-        ys = (torch.arange(rh, device=dev, dtype=torch.float32) * 2 + 1) / rh - 1
-        xs = (torch.arange(rw, device=dev, dtype=torch.float32) * 2 + 1) / rw - 1
-        oy, ox = torch.meshgrid(ys, xs, indexing="ij")
-        ox, oy = ox.reshape(1, -1), oy.reshape(1, -1)
-
-        # perspective: the corners move inward by up to `distortion` of the half-size; sample
-        # through the homography from the moved corners back to the original ones
-        corners = _const("corners", dev)
-        moved = corners.unsqueeze(0) - corners.unsqueeze(0) * d   # each corner moves inward
-        px, py = _quad_to_square(moved)(ox, oy)
-        valid = (px.abs() <= 1) & (py.abs() <= 1)
-
-        # affine (rotation about the centre, then translation): invert it
-        c, s = torch.cos(ang).view(n, 1), torch.sin(ang).view(n, 1)
-        qx, qy = px - tx.view(n, 1), py - ty.view(n, 1)
-        ax, ay = c * qx + s * qy, -s * qx + c * qy
-        valid &= (ax.abs() <= 1) & (ay.abs() <= 1)
-
-        # flip, then the crop box in the base image
-        gx = cx.view(n, 1) + sx.view(n, 1) * flip.view(n, 1) * ax
-        gy = cy.view(n, 1) + sy.view(n, 1) * ay
-
-        base = self.base(img01)
-        grid = torch.stack([gx, gy], -1).view(b, v * rh, rw, 2)  # all views of a sample stacked in height
-        views = F.grid_sample(base, grid.to(base.dtype), mode="bilinear", padding_mode="border",
-                              align_corners=False)
-        views = views.view(b, 3, v, rh, rw).transpose(1, 2).reshape(n, 3, rh, rw)
-        views = torch.where(valid.view(n, 1, rh, rw), views, torch.full_like(views[:1, :1, :1, :1], self.fill))
-
-        # colour jitter (p jitter_p) and grayscale (p gray_p): one per-view affine colour map
-        jit = (u[:, 18] < self.jitter_p).float()
-        j = self.jitter
-
-        def factor(col):
-            return 1 + j * (2 * u[:, col] - 1) * jit
-
-        mean_gray = torch.einsum("nchw,c->n", views, _const("luma", dev)) / (rh * rw)
-        m, off = _colour_transform(factor(19), factor(20), factor(21), j * (2 * u[:, 22] - 1) * jit,
-                                   u[:, 23] < self.gray_p, mean_gray)
-        views = torch.baddbmm(off, m, views.reshape(n, 3, rh * rw)).clamp(0, 1)
-        return views.view(n, 3, rh, rw)
-        return views
-
 
 # -- loss and gradient -----------------------------------------------------------------------------
 
@@ -255,19 +62,30 @@ class TextGuide:
     `score = -loss`, `loss = 1.2·(1 − mean cosine similarity)` between the image's views and a
     random subset of the prompt's template embeddings (subset size uniform in 1..n, drawn with
     replacement; drawn per sample so that results do not depend on the batch composition).
+    `views`: 'reference', 'aspect' or 'square' (`sinddm.clip_views`). `deterministic`: view 0
+    alone and every template, the part of the score the reference record pins (no randomness).
     """
 
     def __init__(self, clip: LoadedClip, prompt: str, n_views: int = N_VIEWS,
                  generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, views: str = DEFAULT_VIEW_MODE, deterministic: bool = False):
+        if views not in VIEW_MODES:
+            raise UserError(f"--clip-views '{views}': use one of {', '.join(VIEW_MODES)}")
+        visual = clip.model.visual
+        if views != "square" and not accepts_any_size(visual):
+            raise UserError(f"--clip-views {views}: the image tower of CLIP {clip.name} takes square inputs only; "
+                            "use --clip-views square")
         self.clip = clip
         self.prompt = prompt
         self.generator = generator
         self.autocast_dtype = autocast_dtype
+        self.views = views
+        self.deterministic = deterministic
         # On CUDA the image encoder's forward+backward is launch-bound (~1000 small kernels):
-        # replay it as a CUDA graph per input shape (views are always batch·16 × 224²).
+        # replay it as a CUDA graph per input shape (views of one image size share one shape).
         self.cuda_graphs = cuda_graphs and autocast_dtype is None
-        self.augment = ViewAugmenter(size=clip.image_size, n_views=n_views)
+        patch = max(visual.patch_size) if views != "square" else 1
+        self.augment = ViewAugmenter(size=clip.image_size, n_views=n_views, mode=views, min_side=patch)
         self.text = {k: clip.text_features([t.format(prompt) for t in v]) for k, v in TEMPLATES.items()}
         self.image_forwards = 0      # image-encoder calls (instrumentation)
         self.last_batch = 0          # images in the last image-encoder call
@@ -283,18 +101,20 @@ class TextGuide:
         ctx = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else contextlib.nullcontext())
         with ctx:
-            feats = self.clip.model.visual(x)
+            feats = self._forward(x)
         return F.normalize(feats.float(), dim=-1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return encode_views(self.clip.model.visual, x, self.views)
 
     def _graphed(self, x: torch.Tensor):
         """The image encoder captured (forward and backward) for x's shape; None if capture fails."""
-        key = (tuple(x.shape), x.dtype)
+        key = (tuple(x.shape), x.dtype, self.views)
         graphs = self.clip._graphs
         if key not in graphs:
-            visual = self.clip.model.visual
             sample = torch.zeros(x.shape, dtype=x.dtype, device=x.device, requires_grad=True)
             try:
-                graphs[key] = torch.cuda.make_graphed_callables(lambda v: visual(v), (sample,))
+                graphs[key] = torch.cuda.make_graphed_callables(self._forward, (sample,))
             except Exception as e:  # an unsupported op or driver: run eagerly, say so once
                 import warnings
 
@@ -316,12 +136,7 @@ class TextGuide:
         """[B] mean cosine similarity of each image (in [-1, 1]) with the prompt."""
         b = images.shape[0]
         img01 = (images.float() + 1) / 2
-        if augment:
-            views = self.augment(img01, self.generator)
-        else:
-            views = self.augment.base(img01)
-            views = F.interpolate(views, size=self.clip.image_size, mode="bilinear", align_corners=False,
-                                  antialias=True)
+        views = self.augment(img01, self.generator) if augment else self.augment.view0(img01)
         nv = views.shape[0] // b
         feats = self._encode(views)                          # [B·V, D]
         text = self.text[templates]                          # [n, D]
@@ -341,7 +156,8 @@ class TextGuide:
         """([B] score, [B, 3, H, W] its gradient w.r.t. `images`): one encoder forward/backward."""
         with torch.enable_grad():
             x = images.detach().float().requires_grad_(True)
-            loss = LOSS_WEIGHT * (1 - self.similarity(x, templates))
+            random = not self.deterministic
+            loss = LOSS_WEIGHT * (1 - self.similarity(x, templates, augment=random, subset=random))
             (g,) = torch.autograd.grad(-loss.sum(), x)
         return -loss.detach(), g
 
@@ -350,10 +166,12 @@ class TextGuide:
 
 
 def nearest_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile of [B, n] `values`, 'nearest' interpolation (as torch.quantile, whose
-    rank q·(n−1) is computed in float32 and rounded half to even), without its size limit."""
+    """Per-row quantile of [B, n] `values`, 'nearest' interpolation as torch.quantile picks it,
+    without its size limit: rank q·(n−1) with q rounded to the values' dtype, the product exact
+    (not rounded to float32: 0.7·49765 is 34835.4994, not 34835.5), then rounded half to even."""
     n = values.shape[1]
-    rank = int(torch.round(torch.tensor(q, dtype=torch.float32) * (n - 1)).item())
+    q = float(torch.tensor(q, dtype=values.dtype))
+    rank = round(q * (n - 1))                  # Python's round: half to even
     return values.kthvalue(rank + 1, dim=1).values
 
 

@@ -137,15 +137,20 @@ def test_guidance_step_is_normalised_and_masked():
 # CLIP: views, one forward, templates
 # ---------------------------------------------------------------------------------------------
 
-def test_all_views_in_one_forward(clip, monkeypatch):
+@pytest.mark.parametrize("views", ["reference", "aspect", "square"])
+def test_all_views_in_one_forward(clip, monkeypatch, views):
+    """Every view of every sample shares one size (view 0's: 32×45 for 40×57 at the tiny CLIP's
+    32 px in the aspect-keeping modes), so the image tower's transformer runs once per step."""
     calls = []
-    visual = clip.model.visual
-    real = visual.forward
-    monkeypatch.setattr(visual, "forward", lambda x: calls.append(tuple(x.shape)) or real(x))
-    guide = make_guide(clip)
+    transformer = clip.model.visual.transformer
+    real = transformer.forward
+    monkeypatch.setattr(transformer, "forward", lambda x, *a, **k: calls.append(tuple(x.shape)) or real(x, *a, **k))
+    guide = G.TextGuide(clip, "a red castle", generator=torch.Generator().manual_seed(0), views=views)
     x = torch.rand(3, 3, 40, 57) * 2 - 1
     score, g = guide.score_grad(x, "hq")
-    assert calls == [(3 * G.N_VIEWS, 3, *clip.image_size)]
+    vh, vw = (32, 32) if views == "square" else (32, 45)
+    patch = clip.model.visual.patch_size
+    assert calls == [(3 * G.N_VIEWS, 1 + (vh // patch[0]) * (vw // patch[1]), clip.model.visual.conv1.weight.shape[0])]
     assert score.shape == (3,) and g.shape == x.shape and g.abs().sum() > 0
     assert guide.image_forwards == 1
 
@@ -154,7 +159,7 @@ def test_views_are_augmented_and_differentiable():
     aug = G.ViewAugmenter(size=(32, 32))
     x = torch.rand(2, 3, 30, 50, requires_grad=True)
     v = aug(x, torch.Generator().manual_seed(0))
-    assert v.shape == (2 * G.N_VIEWS, 3, 32, 32) and 0 <= v.min() and v.max() <= 1
+    assert v.shape == (2 * G.N_VIEWS, 3, 27, 46) and 0 <= v.min() and v.max() <= 1  # long side capped at 46
     assert not torch.allclose(v[1], v[2])
     v.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -476,11 +481,17 @@ def test_bad_inputs(smoke_run, tmp_path, capsys, argv, needle):
 
 
 def test_view_zero_is_224_on_the_short_side_with_the_long_side_capped():
-    """DESIGN §6's view 0 as this library reads it (README, 'Where the spec leaves room'): the short
-    side to 224, the long side in proportion up to 320 (a panorama is squeezed to the cap)."""
+    """DESIGN §6's view 0 as the reference makes it: torchvision's Resize(224, max_size=320) (the
+    short side to 224, the long side int(224·long/short); past 320, the long side 320 and the
+    short one int(320·224/long)); 'square' mode then squeezes every view to CLIP's 224×224."""
     aug = G.ViewAugmenter()
-    for hw, want in [((186, 248), (224, 299)), ((248, 186), (299, 224)), ((91, 547), (224, 320)),
-                     ((224, 224), (224, 224)), ((100, 100), (224, 224))]:
-        assert tuple(aug.base(torch.rand(1, 3, *hw)).shape[-2:]) == want, hw
+    for hw, want in [((186, 248), (224, 298)), ((248, 186), (298, 224)), ((91, 547), (53, 320)),
+                     ((167, 298), (179, 320)), ((224, 224), (224, 224)), ((100, 100), (224, 224))]:
+        assert aug.view_size(*hw) == want, hw
+        assert tuple(aug.view0(torch.rand(1, 3, *hw)).shape[-2:]) == want, hw
     views = aug(torch.rand(2, 3, 91, 547), generator=torch.Generator().manual_seed(0))
-    assert views.shape == (2 * G.N_VIEWS, 3, 224, 224)  # every view then goes to CLIP's square input
+    assert views.shape == (2 * G.N_VIEWS, 3, 53, 320)
+    square = G.ViewAugmenter(mode="square")
+    assert tuple(square.base(torch.rand(1, 3, 186, 248)).shape[-2:]) == (224, 299)   # antialiased, then squeezed
+    views = square(torch.rand(2, 3, 91, 547), generator=torch.Generator().manual_seed(0))
+    assert views.shape == (2 * G.N_VIEWS, 3, 224, 224)

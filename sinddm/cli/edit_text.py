@@ -5,7 +5,8 @@
   text-style           samples in a style: prompt + " Style", guided at the finest scale only
   text-style-transfer  the training image restyled: injected as the result of scale N-2
 
-Every mode takes --clip-model / --clip-pretrained / --clip-checkpoint (see `sinddm.guidance`).
+Every mode takes --clip-model / --clip-pretrained / --clip-checkpoint / --clip-views (see
+`sinddm.guidance`, `sinddm.clip_views`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _iterations(v: str) -> int:
 
 def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
     from ..clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+    from ..clip_views import DEFAULT_VIEW_MODE, VIEW_MODES
 
     p.add_argument("--text", required=True, help="the text prompt")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="NAME",
@@ -46,6 +48,10 @@ def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-checkpoint", metavar="PATH",
                    help="local CLIP weights file instead of open_clip's download cache (OpenAI's ViT-B-32.pt "
                         "or an open_clip .safetensors/.bin)")
+    p.add_argument("--clip-views", choices=VIEW_MODES, default=DEFAULT_VIEW_MODE,
+                   help="how CLIP sees x̂0: 'reference' (the published code: aspect kept, its positional-embedding "
+                        "layout), 'aspect' (that layout corrected), 'square' (squeezed to CLIP's square input) "
+                        f"(default {DEFAULT_VIEW_MODE})")
 
 
 def _add_guidance_arguments(p, strength: float, fill: float, momentum: float) -> None:
@@ -83,11 +89,13 @@ def _precision(args, device) -> torch.dtype | None:
 
 def _guide(args, device, prompt: str):
     from ..clip import ClipSpec, load_clip
+    from ..clip_views import DEFAULT_VIEW_MODE
     from ..guidance import TextGuide
 
     dtype = _precision(args, device)
     clip = load_clip(ClipSpec.from_args(args), device, dtype=dtype or torch.float32)
-    return TextGuide(clip, prompt, cuda_graphs=dtype is not None)
+    views = getattr(args, "clip_views", DEFAULT_VIEW_MODE)
+    return TextGuide(clip, prompt, cuda_graphs=dtype is not None, views=views)
 
 
 def _batches(args, sizes_hw, loaded, device):
@@ -301,19 +309,20 @@ def _mask_region(path: Path, size_hw: tuple[int, int]):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from ..masks import binarize_mask
+
     if not path.is_file():
         raise UserError(f"--mask '{path}': no such file; give a PNG, white where the text goes")
     try:
         with Image.open(path) as im:
-            im = im.convert("L")
-            h, w = size_hw
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.NEAREST)
-            a = np.asarray(im) > 127
+            full, a = binarize_mask(im), binarize_mask(im, size_hw)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"--mask '{path}': not a readable picture ({type(e).__name__})") from None
-    if not a.any():
+    if not full.any():
         raise UserError(f"--mask '{path}': no white pixels; mark the region in white")
+    if not a.any():
+        raise UserError(f"--mask '{path}': the white region vanishes at the finest scale's {size_hw[1]}x{size_hw[0]} "
+                        "px; paint a larger region")
     ys, xs = np.nonzero(a)
     box = (int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1))
     return box, torch.from_numpy(a.astype(np.float32)).view(1, 1, *a.shape)
