@@ -158,6 +158,85 @@ class SinDDM:
                               batch_size=batch_size, device=self.device, progress=progress)
         return self._out(images, output)
 
+    # -- text-guided edits (method §6) -------------------------------------------------------
+    def _text(self, clip, views, check_prompt: str) -> dict:
+        from .clip import ClipSpec, resolve_clip
+        from .clip_views import DEFAULT_VIEW_MODE
+
+        if not str(check_prompt).strip():
+            raise UserError("prompt: empty; give a few words, e.g. 'a medieval castle'")
+        spec = clip if isinstance(clip, ClipSpec) else ClipSpec() if clip is None else ClipSpec(model=str(clip))
+        resolve_clip(spec)  # the weights can be had (or one line saying how to get them), before any work
+        return dict(clip=spec, views=views or DEFAULT_VIEW_MODE, device=self.device, precision=self.precision)
+
+    def text_content(self, prompt: str, n: int = 1, scale_hw=None, size=None, start_t=None, guide_from: int = 1,
+                     strength: float = 0.3, fill_factor: float = 0.3, momentum: float = 0.2, seed: int = 0,
+                     clip=None, views: str | None = None, batch_size: int | None = None, progress: bool = False,
+                     output: str = "pil"):
+        """New content from a prompt (CLIP guidance from scale `guide_from` on). `clip`: a
+        `sinddm.clip.ClipSpec` (default ViT-B/32, OpenAI weights); `views`: reference / aspect / square."""
+        from .text_edits import text_content
+
+        if not 0 <= guide_from < self.pyramid.n_scales:
+            raise UserError(f"guide_from must be in 0..{self.pyramid.n_scales - 1}, got {guide_from}")
+        images = text_content(self.loaded, prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
+                              strength=strength, fill_factor=fill_factor, momentum=momentum, guide_from=guide_from,
+                              batch_size=batch_size, progress=progress, **self._text(clip, views, prompt))
+        return self._out(images, output)
+
+    def text_style(self, prompt: str, n: int = 1, scale_hw=None, size=None, start_t=None, strength: float = 0.3,
+                   fill_factor: float = 1.0, momentum: float = 0.05, seed: int = 0, clip=None,
+                   views: str | None = None, batch_size: int | None = None, progress: bool = False,
+                   output: str = "pil"):
+        """Samples in the style the prompt names (prompt + " Style"; guidance at the finest scale)."""
+        from .text_edits import text_style
+
+        images = text_style(self.loaded, prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
+                            strength=strength, fill_factor=fill_factor, momentum=momentum, batch_size=batch_size,
+                            progress=progress, **self._text(clip, views, prompt))
+        return self._out(images, output)
+
+    def text_style_transfer(self, prompt: str, n: int = 1, start_t=None, strength: float = 0.3, fill_factor: float = 1.0,
+                            momentum: float = 0.05, seed: int = 0, clip=None, views: str | None = None,
+                            batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+        """The training image restyled by the prompt."""
+        from .text_edits import text_style_transfer
+
+        if self.pyramid.n_scales < 2:
+            raise UserError("text_style_transfer needs a model with at least 2 scales")
+        images = text_style_transfer(self.loaded, prompt, num=n, seed=seed, start_t=start_t, strength=strength,
+                                     fill_factor=fill_factor, momentum=momentum, batch_size=batch_size,
+                                     progress=progress, **self._text(clip, views, prompt))
+        return self._out(images, output)
+
+    def text_roi(self, prompt: str, box=None, mask: Picture | None = None, n: int = 1, iterations: int = 100,
+                 strength: float = 0.1, seed: int = 0, clip=None, views: str | None = None,
+                 batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+        """Content from the prompt inside a region of the training image: a `box` (y, x, h, w) or a
+        `mask` picture (white inside; resized to the finest scale)."""
+        from .masks import binarize_mask
+        from .text_edits import text_roi
+
+        if (box is None) == (mask is None):
+            raise UserError("text_roi: give a box or a mask (one of them)")
+        region = None
+        if box is not None:
+            b = _box(box)
+            if box_outside(b, self.size):
+                raise UserError(f"box {b}: outside the {self.size[0]}x{self.size[1]} finest scale")
+            box = tuple(b)
+        else:
+            a = binarize_mask(_picture(mask, "mask"), self.size)
+            if not a.any():
+                raise UserError("mask: no white pixels at the finest scale; mark the region in white")
+            ys, xs = np.nonzero(a)
+            box = (int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1))
+            region = torch.from_numpy(a.astype(np.float32)).view(1, 1, *a.shape)
+        images = text_roi(self.loaded, prompt, box, region, num=n, seed=seed, iterations=iterations,
+                          strength=strength, batch_size=batch_size, progress=progress,
+                          **self._text(clip, views, prompt))
+        return self._out(images, output)
+
     # -- outputs -----------------------------------------------------------------------------
     @staticmethod
     def _out(images: list[torch.Tensor], output: str):

@@ -336,18 +336,6 @@ def sample_guided(model, schedule, sizes_hw: list[tuple[int, int]], start_t: lis
     return x
 
 
-@torch.no_grad()
-def denoise(model, schedule, x: torch.Tensor, scale: int, t_start: int, generator: torch.Generator | None = None,
-            progress=None) -> torch.Tensor:
-    """Noise `x` to t_start, then DDPM steps t_start−1 .. 0 at `scale` (γ = 0)."""
-    x = q_sample(schedule, x, t_start, torch.randn(x.shape, generator=generator, device=x.device))
-    for t in range(t_start - 1, -1, -1):
-        x = ddpm_step(model, schedule, x, t, scale, torch.randn(x.shape, generator=generator, device=x.device))
-        if progress is not None:
-            progress.update(1)
-    return x
-
-
 def optimize_roi(guide: TextGuide, image: torch.Tensor, box: tuple[int, int, int, int], batch: int,
                  region: torch.Tensor | None = None, iterations: int = 100, step: float = 0.1,
                  progress=None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from sinddm import clip as C
 from sinddm import guidance as G
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
+from sinddm.errors import UserError
 
 from .conftest import CONFIGS, GOLDEN
 
@@ -295,14 +296,15 @@ def test_cli_modes_use_the_design_defaults(smoke_run, loaded, clip, clip_args, t
     f 0.3, η 0.3, from scale 1), text-style (prompt + ' Style', f 1, η 0.3, λ 0.05, finest scale
     only), text-style-transfer (training level N-2 injected, the finest scale sampled) and
     text-roi (100 steps of 0.1 on the low-quality templates, then the finest scale from t = 3)."""
-    from sinddm.cli import edit_text as T
+    import sinddm.samplers as S
+    import sinddm.text_edits as T
 
     seen = []
-    real_guide, real_score_grad = T._guide, G.TextGuide.score_grad
+    real_guide, real_score_grad = T.make_guide, G.TextGuide.score_grad
 
-    def guide(args, device, prompt):
+    def guide(prompt, *args, **kw):
         seen.append(("prompt", prompt))
-        return real_guide(args, device, prompt)
+        return real_guide(prompt, *args, **kw)
 
     def sample_guided(model, schedule, sizes, start_t, n, guide, params, init=None, first_scale=0, **kw):
         seen.append(("sample", params, first_scale, init))
@@ -320,9 +322,9 @@ def test_cli_modes_use_the_design_defaults(smoke_run, loaded, clip, clip_args, t
         seen.append(("templates", templates))
         return real_score_grad(self, images, templates)
 
-    monkeypatch.setattr(T, "_guide", guide)
+    monkeypatch.setattr(T, "make_guide", guide)
     monkeypatch.setattr(G, "sample_guided", sample_guided)
-    monkeypatch.setattr(G, "denoise", denoise)
+    monkeypatch.setattr(S, "denoise_at_scale", denoise)
     monkeypatch.setattr(G.TextGuide, "score_grad", score_grad)
     real_optimize_roi = G.optimize_roi
     n = loaded.pyramid.n_scales
@@ -467,7 +469,7 @@ def test_failed_download_is_one_line_and_quiet(smoke_run, tmp_path, monkeypatch,
 @pytest.mark.parametrize("argv, needle", [
     (["text-content", "--text", " "], "--text"),
     (["text-content", "--text", "x", "--fill-factor", "1.5"], "--fill-factor"),
-    (["text-content", "--text", "x", "--start-scale", "3"], "--start-scale"),
+    (["text-content", "--text", "x", "--guide-from", "3"], "--guide-from"),
     (["text-roi", "--text", "x", "--box", "0,0,500,10"], "--box"),
     (["text-roi", "--text", "x", "--mask", "missing.png"], "--mask"),
     (["text-style", "--text", "x", "--clip-model", "no-such-model"], "--clip-model"),
@@ -495,3 +497,28 @@ def test_view_zero_is_224_on_the_short_side_with_the_long_side_capped():
     assert tuple(square.base(torch.rand(1, 3, 186, 248)).shape[-2:]) == (224, 299)   # antialiased, then squeezed
     views = square(torch.rand(2, 3, 91, 547), generator=torch.Generator().manual_seed(0))
     assert views.shape == (2 * G.N_VIEWS, 3, 224, 224)
+
+
+def test_api_text_modes_equal_the_cli(smoke_run, clip_ckpt, tmp_path):
+    """`SinDDM.text_*` give the CLI's pictures for the same seed (one library function serves both)."""
+    from sinddm import SinDDM
+
+    model = SinDDM.load(smoke_run, device="cpu", precision="fp32")
+    spec = C.ClipSpec(str(TINY_CLIP), C.DEFAULT_CLIP_PRETRAINED, str(clip_ckpt))
+    common = ["--num", 1, "--seed", 3, "--device", "cpu", "--precision", "fp32", "--quiet",
+              "--clip-model", TINY_CLIP, "--clip-checkpoint", clip_ckpt]
+    cases = [
+        ("text-content", [*FAST_T, "--guide-from", 1, "--size", "70x100"],
+         lambda: model.text_content("a castle", size=(70, 100), start_t=START_T, guide_from=1, seed=3, clip=spec)),
+        ("text-style", FAST_T, lambda: model.text_style("a castle", start_t=START_T, seed=3, clip=spec)),
+        ("text-roi", ["--box", "10,20,30,40", "--iterations", 3],
+         lambda: model.text_roi("a castle", box=(10, 20, 30, 40), iterations=3, seed=3, clip=spec)),
+    ]
+    for mode, extra, api in cases:
+        argv = ["edit", smoke_run, mode, "--text", "a castle", *extra, "--out", tmp_path / mode, *common]
+        assert cli(*argv) == 0
+        prefix = mode.replace("-", "_")
+        np.testing.assert_array_equal(np.asarray(api()[0]), read_png(tmp_path / mode / f"{prefix}_000.png"),
+                                      err_msg=mode)
+    with pytest.raises(UserError, match="prompt"):
+        model.text_style("  ", clip=spec)

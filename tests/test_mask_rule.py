@@ -8,7 +8,7 @@ from PIL import Image
 
 from sinddm.masks import binarize_mask, resize_mask
 from sinddm.image_io import load_rgb
-from sinddm.edits.text import _mask_region
+from sinddm.cli.edit_text import _mask_region
 from sinddm.errors import UserError
 
 

@@ -1,6 +1,6 @@
-"""Text-guided modes (DESIGN §6, supplement E): `sinddm edit RUN MODE --text ...`.
+"""Text-guided modes of `sinddm edit RUN MODE --text ...` (method §6): parse, check, call `sinddm.text_edits`.
 
-  text-content         new content from a prompt, guided from --start-scale on (default 1)
+  text-content         new content from a prompt, guided from --guide-from on (default 1)
   text-roi             content in a region of the training image (--box y,x,h,w or --mask PNG)
   text-style           samples in a style: prompt + " Style", guided at the finest scale only
   text-style-transfer  the training image restyled: injected as the result of scale N-2
@@ -12,16 +12,12 @@ Every mode takes --clip-model / --clip-pretrained / --clip-checkpoint / --clip-v
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from .common import box_arg
-
-_DEFAULT_BATCH_CAP = 16   # 16 samples × 16 views = 256 CLIP images per guided step
-
 
 def _unit_float(flag: str):
     from .common import unit_float
@@ -79,54 +75,12 @@ def _start_t(args, loaded) -> list[int]:
     return parse_start_t(getattr(args, "start_t", None), loaded.start_t)
 
 
-def _precision(args, device) -> torch.dtype | None:
-    """precision 'fast' (CUDA only): bf16 autocast for the denoiser, bf16 CLIP weights and a
-    CUDA-graphed CLIP encoder; None: fp32 everywhere."""
-    from ..devices import resolve_precision
-
-    return torch.bfloat16 if resolve_precision(getattr(args, "precision", "fp32"), device) == "fast" else None
-
-
-def _guide(args, device, prompt: str):
-    from ..clip import ClipSpec, load_clip
-    from ..clip_views import DEFAULT_VIEW_MODE
-    from ..guidance import TextGuide
-
-    dtype = _precision(args, device)
-    clip = load_clip(ClipSpec.from_args(args), device, dtype=dtype or torch.float32)
-    views = getattr(args, "clip_views", DEFAULT_VIEW_MODE)
-    return TextGuide(clip, prompt, cuda_graphs=dtype is not None, views=views)
-
-
-def _batches(args, sizes_hw, loaded, device):
-    from ..devices import auto_batch_size
-
-    bs = args.batch_size or min(_DEFAULT_BATCH_CAP, auto_batch_size(sizes_hw, loaded.model.dim, device))
-    return bs, math.ceil(args.num / bs)
-
-
-def _generators(seed: int, b: int, device):
-    from ..pipeline import batch_seed
-
-    s = batch_seed(seed, b)
-    noise = torch.Generator(device=device).manual_seed(s % 2 ** 64)
-    aug = torch.Generator(device=device).manual_seed((s + 0x5EED_C11B) % 2 ** 64)
-    return noise, aug
-
-
-def _progress(args, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", disable=getattr(args, "quiet", False), dynamic_ncols=True)
-
-
 class _GuidedSampling:
     """Shared by text-content, text-style and text-style-transfer."""
 
     name = help = ""
     strength, fill, momentum = 0.3, 0.3, 0.2
     sizes = True          # takes --scale-hw / --size
-    suffix = ""           # appended to the prompt
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         _add_clip_arguments(p)
@@ -156,74 +110,55 @@ class _GuidedSampling:
     def _check(self, args, loaded) -> None:
         pass
 
-    def params(self, args, loaded):
+    def run(self, args, loaded, device) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def first_scale(self, loaded) -> int:
-        return 0
+    @staticmethod
+    def common(args, loaded, device) -> dict:
+        """The keyword arguments every text function takes, from the parsed options."""
+        from ..clip import ClipSpec
 
-    def init(self, loaded, device):
-        return None
+        return dict(num=args.num, seed=args.seed, clip=ClipSpec.from_args(args), views=args.clip_views,
+                    batch_size=args.batch_size, device=device, precision=getattr(args, "precision", "fp32"),
+                    progress=not getattr(args, "quiet", False))
 
-    def run(self, args, loaded, device) -> list[torch.Tensor]:
-        from ..guidance import autocast_model, sample_guided
-
-        sizes = self._sizes(args, loaded)
-        start_t = _start_t(args, loaded)
-        dtype = _precision(args, device)
-        guide = _guide(args, device, args.text.strip() + self.suffix)
-        params = self.params(args, loaded)
-        model = autocast_model(loaded.model.to(device).eval(), dtype)
-        schedule = loaded.schedule.to(device)
-        first = self.first_scale(loaded)
-        init = self.init(loaded, device)
-        bs, nb = _batches(args, sizes, loaded, device)
-        out: list[torch.Tensor] = []
-        with _progress(args, nb * sum(start_t[first:]), self.name) as bar:
-            for b in range(nb):
-                n = min(bs, args.num - b * bs)
-                gen, aug = _generators(args.seed, b, device)
-                guide.generator = aug
-                x = sample_guided(model, schedule, sizes, start_t, n, guide, params, generator=gen, device=device,
-                                  init=init, first_scale=first, progress=bar)
-                out.extend(x.float().cpu())
-        return out
+    def guidance(self, args) -> dict:
+        return dict(strength=args.strength, fill_factor=args.fill_factor, momentum=args.momentum)
 
 
 class TextContent(_GuidedSampling):
     name = "text-content"
-    help = ("new content from a text prompt (CLIP guidance from --start-scale on, inside a mask "
+    help = ("new content from a text prompt (CLIP guidance from --guide-from on, inside a mask "
             "covering --fill-factor of the image)")
 
     def add_arguments(self, p):
         super().add_arguments(p)
-        p.add_argument("--start-scale", type=int, default=1, metavar="S",
+        p.add_argument("--guide-from", type=int, default=1, metavar="S",
                        help="first guided scale (default 1; 0 also changes the global layout, its first "
                             "half of the steps unguided)")
 
     def _check(self, args, loaded):
         n = loaded.pyramid.n_scales
-        if not 0 <= args.start_scale < n:
-            raise UserError(f"--start-scale must be in 0..{n - 1} for this model, got {args.start_scale}")
+        if not 0 <= args.guide_from < n:
+            raise UserError(f"--guide-from must be in 0..{n - 1} for this model, got {args.guide_from}")
 
-    def params(self, args, loaded):
-        from ..guidance import GuidanceParams
+    def run(self, args, loaded, device):
+        from ..text_edits import text_content
 
-        return GuidanceParams(strength=args.strength, fill_factor=args.fill_factor, momentum=args.momentum,
-                              guide_from=args.start_scale)
+        return text_content(loaded, args.text, sizes_hw=self._sizes(args, loaded), start_t=_start_t(args, loaded),
+                            guide_from=args.guide_from, **self.guidance(args), **self.common(args, loaded, device))
 
 
 class TextStyle(_GuidedSampling):
     name = "text-style"
     help = "samples in a style named by the prompt (prompt + ' Style'; guidance at the finest scale)"
     strength, fill, momentum = 0.3, 1.0, 0.05
-    suffix = " Style"
 
-    def params(self, args, loaded):
-        from ..guidance import GuidanceParams
+    def run(self, args, loaded, device):
+        from ..text_edits import text_style
 
-        return GuidanceParams(strength=args.strength, fill_factor=args.fill_factor, momentum=args.momentum,
-                              guide_from=loaded.pyramid.n_scales - 1)
+        return text_style(loaded, args.text, sizes_hw=self._sizes(args, loaded), start_t=_start_t(args, loaded),
+                          **self.guidance(args), **self.common(args, loaded, device))
 
 
 class TextStyleTransfer(TextStyle):
@@ -236,18 +171,17 @@ class TextStyleTransfer(TextStyle):
         if loaded.pyramid.n_scales < 2:
             raise UserError("text-style-transfer needs a model with at least 2 scales")
 
-    def first_scale(self, loaded) -> int:
-        return loaded.pyramid.n_scales - 1
+    def run(self, args, loaded, device):
+        from ..text_edits import text_style_transfer
 
-    def init(self, loaded, device):
-        return loaded.pyramid.level_tensor(loaded.pyramid.n_scales - 2).unsqueeze(0).to(device)
+        return text_style_transfer(loaded, args.text, start_t=_start_t(args, loaded), **self.guidance(args),
+                                   **self.common(args, loaded, device))
 
 
 class TextROI:
     name = "text-roi"
     help = ("content from a text prompt inside a region of the training image (--box y,x,h,w or --mask "
             "PNG): the region is optimised with CLIP, pasted back, then the finest scale denoised from t = 3")
-    denoise_t = 3
 
     def add_arguments(self, p):
         _add_clip_arguments(p)
@@ -280,28 +214,11 @@ class TextROI:
         return _mask_region(Path(args.mask), loaded.pyramid.sizes_hw[-1])
 
     def run(self, args, loaded, device):
-        from ..guidance import autocast_model, denoise, optimize_roi
+        from ..text_edits import text_roi
 
-        dtype = _precision(args, device)
-        guide = _guide(args, device, args.text.strip())
-        model = autocast_model(loaded.model.to(device).eval(), dtype)
-        schedule = loaded.schedule.to(device)
-        n_scales = loaded.pyramid.n_scales
-        image = loaded.pyramid.level_tensor(n_scales - 1).unsqueeze(0).to(device)
         box, region = self._region(args, loaded)
-        region = region.to(device) if region is not None else None
-        bs, nb = _batches(args, [loaded.pyramid.sizes_hw[-1]], loaded, device)
-        out: list[torch.Tensor] = []
-        with _progress(args, nb * (args.iterations + self.denoise_t), self.name) as bar:
-            for b in range(nb):
-                n = min(bs, args.num - b * bs)
-                gen, aug = _generators(args.seed, b, device)
-                guide.generator = aug
-                pasted = optimize_roi(guide, image, box, n, region=region, iterations=args.iterations,
-                                      step=args.strength, progress=bar)
-                x = denoise(model, schedule, pasted, n_scales - 1, self.denoise_t, generator=gen, progress=bar)
-                out.extend(x.float().clamp(-1, 1).cpu())
-        return out
+        return text_roi(loaded, args.text, box, region, iterations=args.iterations, strength=args.strength,
+                        **_GuidedSampling.common(args, loaded, device))
 
 
 def _mask_region(path: Path, size_hw: tuple[int, int]):
