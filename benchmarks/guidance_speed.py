@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time text-guided sampling against unguided sampling (DESIGN §6; target: a guided batch
+"""Time text-guided sampling against unguided sampling (method §6; target: a guided batch
 of 16 at 250x200 costs at most 3x the unguided one on an H100/H200).
 
     # a trained run and the real CLIP (cached or --clip-checkpoint)

@@ -1,4 +1,4 @@
-"""CLIP views for text guidance (DESIGN §6): the views of x̂0 that CLIP scores, and the ViT
+"""CLIP views for text guidance (method §6): the views of x̂0 that CLIP scores, and the ViT
 forward for views that are not square.
 
 `ViewAugmenter` makes 16 views per image as batched, differentiable tensor ops: one
@@ -125,7 +125,7 @@ def resized_short_side(h: int, w: int, size: int, max_size: int) -> tuple[int, i
 
 @dataclass
 class ViewAugmenter:
-    """n_views augmented views per image (DESIGN §6 / Text2LIVE-style): view 0 is the whole
+    """n_views augmented views per image (method §6 / Text2LIVE-style): view 0 is the whole
     image resized to `size` on the short side (long side at most size·320/224), the others
     random crops of 60–100 % of the image, one scale for both sides (crops keep the picture's
     aspect), resized to view 0's size; every view gets flip (p .5), affine (±15°, translate

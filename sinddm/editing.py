@@ -34,7 +34,7 @@ STYLE_TRANSFER_START_T = 15   # method §7.2
 # -- pictures --------------------------------------------------------------------------------
 
 def resize_like_training(picture: Image.Image, max_pixels: int) -> np.ndarray:
-    """A picture at the size the training image's pixel cap rule gives it (DESIGN §1.2: shrink
+    """A picture at the size the training image's pixel cap rule gives it (method §1.2: shrink
     to W·H ≤ max_pixels, truncating), resized with LANCZOS like the pyramid levels; uint8 H×W×3.
 
     A picture of the training image's original size gets exactly the finest level's size.

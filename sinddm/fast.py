@@ -7,7 +7,7 @@ the network's output is cast back to float32 before it is used. Everything here 
 device-agnostic Python that tests exercise on the CPU with graphs and autocast off;
 the CUDA-only parts (graph capture, bf16) switch on through `FastOptions`.
 
-What is graphed, and why (see also DESIGN §4-5):
+What is graphed, and why (see also method §4-5):
 - Training: the forward + backward of one step, one CUDA graph per scale (each scale
   has static shapes). Random t and noise are drawn eagerly, from the trainer's own
   generator, straight into the graph's static input buffers, in the same order and

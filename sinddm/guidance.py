@@ -1,4 +1,4 @@
-"""Text guidance with CLIP (DESIGN §6, supplement E): views, loss, mask, guided loops.
+"""Text guidance with CLIP (method §6, supplement E): views, loss, mask, guided loops.
 
 The CLIP model itself comes from `sinddm.clip.load_clip`. Pieces, each usable on its own:
 
@@ -13,7 +13,7 @@ The CLIP model itself comes from `sinddm.clip.load_clip`. Pieces, each usable on
   x̂0 hook) and `optimize_roi` + `denoise` (text in a region).
 
 The augmentation, loss and guided loops are this project's own code, written from the
-description in DESIGN §6 and supplement E.
+description in docs/method.md §6 and supplement E.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .samplers import ddpm_step, q_sample, upsample
 
 # -- constants ---------------------------------------------------------------------------------
 
-# DESIGN §6: the finer scales' templates.
+# method §6: the finer scales' templates.
 HQ_TEMPLATES = [
     "photo of {}.", "high quality photo of {}.", "a photo of {}.", "the photo of {}.", "image of {}.",
     "an image of {}.", "high quality image of {}.", "a high quality image of {}.", "the {}.", "a {}.",
@@ -176,7 +176,7 @@ def nearest_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def threshold_gradient(g: torch.Tensor, fill_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fill-factor mask (DESIGN §6; golden `clip/thresholded_q*`, q = 1 − fill_factor).
+    """The fill-factor mask (method §6; golden `clip/thresholded_q*`, q = 1 − fill_factor).
 
     e = ||g||₂ over channels per pixel; q = per-sample 'nearest' quantile 1 − f of e;
     m = e > q (strict: at f = 1 the minimum-energy pixel stays out); g ← max(e − q, 0)·g/e.
@@ -296,7 +296,7 @@ def sample_guided(model, schedule, sizes_hw: list[tuple[int, int]], start_t: lis
                   guide: TextGuide | None, params: GuidanceParams, generator: torch.Generator | None = None,
                   device: torch.device | str = "cpu", init: torch.Tensor | None = None, first_scale: int = 0,
                   progress=None, on_step: Callable[[GuideEvent], None] | None = None) -> torch.Tensor:
-    """Text-guided coarse-to-fine sampling (DESIGN §6): DDPM ancestral steps at every scale
+    """Text-guided coarse-to-fine sampling (method §6): DDPM ancestral steps at every scale
     (γ = 0, scale 0's posterior variance); scale s ≥ 1 starts from the previous output,
     upsampled and noised to T[s]. With `init` (the result of scale first_scale−1), sampling
     starts at `first_scale`. `guide=None` (or η = 0) gives the unguided run with the same noise.
@@ -339,7 +339,7 @@ def sample_guided(model, schedule, sizes_hw: list[tuple[int, int]], start_t: lis
 def optimize_roi(guide: TextGuide, image: torch.Tensor, box: tuple[int, int, int, int], batch: int,
                  region: torch.Tensor | None = None, iterations: int = 100, step: float = 0.1,
                  progress=None) -> torch.Tensor:
-    """Text in a region (DESIGN §6): the box (y, x, h, w) of `image` [1, 3, H, W] is optimised
+    """Text in a region (method §6): the box (y, x, h, w) of `image` [1, 3, H, W] is optimised
     directly, `iterations` × (x ← clamp(x + step·δ·g), δ = ||x|| / ||g||) on the low-quality
     templates, CLIP seeing only the box; `region` [1, 1, H, W] (a mask image, optional) limits
     the change to its pixels. Returns [batch, 3, H, W]: the image with the result pasted back,

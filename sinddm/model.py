@@ -1,4 +1,5 @@
-"""The SinDDM denoiser: a fully convolutional net with a 35×35 receptive field (DESIGN §3).
+"""The SinDDM denoiser: a fully convolutional net with a 33×33 receptive field (method §3; the
+paper says 35×35, but its layers, here and in the reference, reach 16 px on each side).
 
 It maps (noisy image, timestep t, scale index s) to predicted noise and knows
 nothing about noise schedules.

@@ -1,4 +1,4 @@
-"""The multiscale pyramid of the training image (DESIGN §1)."""
+"""The multiscale pyramid of the training image (method §1)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def sample_sizes(pyramid_sizes_hw: list[tuple[int, int]], scale_factor: float,
                  scale_hw: tuple[float, float] | None = None,
                  size_hw: tuple[int, int] | None = None,
                  start_level: int = 0) -> list[tuple[int, int]]:
-    """Per-scale output sizes (h, w) for sampling (DESIGN §5).
+    """Per-scale output sizes (h, w) for sampling (method §5).
 
     `scale_hw` multiplies every training size; `size_hw` fixes the finest output
     and the coarser scales follow it by the factor r. `start_level = k` starts the

@@ -56,7 +56,7 @@ def box_outside(box: Box, size_hw: tuple[int, int]) -> bool:
 
 def scale_box(box: Box, factor: float, size_hw: tuple[int, int]) -> Box:
     """`box` at a level `factor` times smaller than the finest: every number divided by
-    `factor` and truncated (DESIGN §7); at least 1 px, shifted (never cut) to fit `size_hw`
+    `factor` and truncated (method §7); at least 1 px, shifted (never cut) to fit `size_hw`
     when truncation and the level's own rounding disagree by a pixel at the border."""
     h = min(max(1, int(box.h / factor)), size_hw[0])
     w = min(max(1, int(box.w / factor)), size_hw[1])
@@ -101,7 +101,7 @@ def roi_copy_hook(source_patch: torch.Tensor, targets: Sequence[Box], weight: fl
 def roi_hooks(pyramid: Pyramid, sizes_hw: Sequence[tuple[int, int]], source: Box, targets: Sequence[Box],
               weight: float = ROI_WEIGHT) -> list[X0Hook]:
     """One hook per output scale: scales 0..N-2 copy the source box of that pyramid level into
-    the targets (both scaled by r^(N-1-s)); the finest scale gets None (DESIGN §7)."""
+    the targets (both scaled by r^(N-1-s)); the finest scale gets None (method §7)."""
     n = len(sizes_hw)
     if n != pyramid.n_scales:
         raise ValueError(f"{n} output scales for a {pyramid.n_scales}-scale pyramid")

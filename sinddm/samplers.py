@@ -1,4 +1,4 @@
-"""Samplers: plain functions over a denoiser and a `Schedule` (DESIGN §5).
+"""Samplers: plain functions over a denoiser and a `Schedule` (method §5).
 
 `model(x, t, scale)` predicts ε. Noise comes from a `noise_sampler(t)` callable so
 that tests can replay recorded noise and callers can choose their generator.

@@ -1,4 +1,4 @@
-"""Cosine noise schedule, per-scale start timesteps and blur-mixing weights (DESIGN §2)."""
+"""Cosine noise schedule, per-scale start timesteps and blur-mixing weights (method §2)."""
 
 from __future__ import annotations
 

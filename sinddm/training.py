@@ -1,4 +1,4 @@
-"""The training loop (DESIGN §4): one random scale per step, L1 loss on the noise.
+"""The training loop (method §4): one random scale per step, L1 loss on the noise.
 
 Reliability (see also `sinddm.checkpoint`):
 - Exact resume: a checkpoint holds every RNG state, the optimizer, scheduler and EMA,

@@ -1,4 +1,4 @@
-"""Image-guided editing (DESIGN §7): harmonize, style-transfer, roi-copy.
+"""Image-guided editing (method §7): harmonize, style-transfer, roi-copy.
 
 Units on tensors (masks, histogram matching, boxes, the ROI hook), then the modes end to
 end through `sinddm edit` and `sinddm run` on one tiny model trained a few steps. Nothing
@@ -455,7 +455,7 @@ def _yaml_common() -> dict:
 
 
 def test_image_edit_modes_start_where_design_says():
-    """DESIGN §7: harmonization denoises from t = 5, style transfer from t = 15, unless --start-t says
+    """method §7: harmonization denoises from t = 5, style transfer from t = 15, unless --start-t says
     otherwise; the CLI's defaults and the library's are the same numbers."""
     import inspect
 

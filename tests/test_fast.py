@@ -317,7 +317,7 @@ def test_resume_fp32_checkpoint_with_channels_last(pyramid, tmp_path):
 
 
 def test_training_draws_are_uniform_over_scales_and_timesteps(pyramid, tmp_path):
-    """DESIGN §4: each step one scale uniformly at random, t uniform in 0..99 per copy, fresh
+    """method §4: each step one scale uniformly at random, t uniform in 0..99 per copy, fresh
     Gaussian noise of the scale's size (2 scales here; 4000 draws, bounds ~6 standard errors)."""
     tr = Trainer(tiny_config(), pyramid, tmp_path / "a", CPU, seed=0)
     scales, ts = [], []

@@ -292,7 +292,7 @@ def test_cli_modes(smoke_run, loaded, clip_args, tmp_path):
 
 
 def test_cli_modes_use_the_design_defaults(smoke_run, loaded, clip, clip_args, tmp_path, monkeypatch):
-    """DESIGN §6's numbers reach the guided loops when no option is given: text-content (λ 0.2,
+    """method §6's numbers reach the guided loops when no option is given: text-content (λ 0.2,
     f 0.3, η 0.3, from scale 1), text-style (prompt + ' Style', f 1, η 0.3, λ 0.05, finest scale
     only), text-style-transfer (training level N-2 injected, the finest scale sampled) and
     text-roi (100 steps of 0.1 on the low-quality templates, then the finest scale from t = 3)."""
@@ -483,7 +483,7 @@ def test_bad_inputs(smoke_run, tmp_path, capsys, argv, needle):
 
 
 def test_view_zero_is_224_on_the_short_side_with_the_long_side_capped():
-    """DESIGN §6's view 0 as the reference makes it: torchvision's Resize(224, max_size=320) (the
+    """method §6's view 0 as the reference makes it: torchvision's Resize(224, max_size=320) (the
     short side to 224, the long side int(224·long/short); past 320, the long side 320 and the
     short one int(320·224/long)); 'square' mode then squeezes every view to CLIP's 224×224."""
     aug = G.ViewAugmenter()

@@ -19,7 +19,7 @@ from sinddm.pyramid import build_pyramid, sample_sizes
 from .conftest import CONFIGS, GOLDEN
 
 # ---------------------------------------------------------------------------------------
-# sample_sizes (DESIGN §5)
+# sample_sizes (method §5)
 # ---------------------------------------------------------------------------------------
 
 SIZES = [(48, 64), (66, 88), (90, 120)]  # small_120x90's pyramid, (h, w) coarsest first
@@ -80,7 +80,7 @@ def test_config_defaults_are_the_paper_recipe():
     cfg = config_from_dict(None)
     assert cfg == Config()
     assert cfg.model.dim == 160 and cfg.train.steps == 120_000 and cfg.image.max_pixels == 50_000
-    t = cfg.train  # DESIGN §4's numbers, written out here (paper.yaml == Config() cannot catch a shared typo)
+    t = cfg.train  # method §4's numbers, written out here (paper.yaml == Config() cannot catch a shared typo)
     assert (t.batch_size, t.lr, t.lr_gamma) == (32, 1e-3, 0.5)
     assert t.lr_milestones == [20_000, 40_000, 70_000, 80_000, 90_000, 110_000]
     assert (t.ema_decay, t.ema_every, t.ema_start) == (0.995, 10, 2_000) and t.coarse_batch_sizes == []
