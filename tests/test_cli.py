@@ -680,3 +680,24 @@ def test_sample_refuses_what_cannot_fit_in_memory_before_any_work(smoke_run, tmp
     monkeypatch.setattr(D, "available_memory", lambda device: None)  # unknown: no check, sampling goes on
     with pytest.raises(pytest.fail.Exception, match="sampled before the check"):
         sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2)
+
+
+def test_inspect_preview_is_not_overwritten_without_overwrite(tmp_path, capsys):
+    preview = tmp_path / "p.png"
+    preview.write_bytes(b"mine")
+    assert cli("inspect", SMALL, "--preview", preview) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--preview" in line and "--overwrite" in line and preview.read_bytes() == b"mine"
+    assert cli("inspect", SMALL, "--preview", preview, "--overwrite") == 0
+    assert Image.open(preview).size[0] > 0
+
+
+def test_an_empty_config_says_it_means_the_paper_recipe(tmp_path, capsys):
+    from sinddm.config import Config
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set yet\n")
+    capsys.readouterr()
+    assert load_config(empty) == Config()
+    err = capsys.readouterr().err
+    assert "is empty" in err and "paper's recipe" in err

@@ -647,3 +647,17 @@ def test_eval_suite_bad_input(tmp_path, capsys, setup, argv, words):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0]
     assert not (tmp_path / "suite").exists()
+
+
+def test_eval_compare_keeps_an_existing_file_without_overwrite(tiny_run, tmp_path, capsys):
+    ref = load_model(tiny_run).pyramid.levels[-1]
+    base = _eval_folder(tiny_run, tmp_path, "base", [ref, ref[:, ::-1]])
+    other = _eval_folder(tiny_run, tmp_path, "other", [ref[::-1], ref])
+    (tmp_path / "c.json").write_text("mine")
+    capsys.readouterr()
+    assert cli("eval-compare", base, other, "--json", tmp_path / "c.json") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--json" in err[0] and "--overwrite" in err[0]
+    assert (tmp_path / "c.json").read_text() == "mine"
+    assert cli("eval-compare", base, other, "--json", tmp_path / "c.json", "--overwrite") == 0
+    assert json.loads((tmp_path / "c.json").read_text())

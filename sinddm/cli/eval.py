@@ -73,6 +73,7 @@ def add_parsers(sub) -> None:
     c.add_argument("base", metavar="BASE", help="the reference evaluation")
     c.add_argument("others", nargs="+", metavar="OTHER", help="evaluations to compare with BASE")
     c.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
+    c.add_argument("--overwrite", action="store_true", help="replace existing --json / --png files")
     c.add_argument("--png", metavar="FILE", help="also draw FILE: a row per evaluation (BASE first), the "
                    "training image and the first samples, which share their seeds column by column")
 
@@ -163,6 +164,8 @@ def cmd_eval_compare(args) -> int:
         if f and not Path(f).parent.is_dir():
             raise UserError(f"{flag} '{f}': its folder '{Path(f).parent}' does not exist; create it or give "
                             "another file name")
+        if f and Path(f).exists() and not args.overwrite:
+            raise UserError(f"{flag} '{f}': exists; give another file name or pass --overwrite")
     if args.png and Path(args.png).suffix.lower() != ".png":
         raise UserError(f"--png '{args.png}': give a file name ending in .png")
     if args.png:  # before any output: a picture that cannot be drawn is an error like any bad input
