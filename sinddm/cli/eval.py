@@ -79,16 +79,14 @@ def add_parsers(sub) -> None:
 
 
 def add_common_arguments(p) -> None:
-    from .common import positive_int
+    from .common import add_device_arguments, positive_int
 
     p.add_argument("--inception-weights", metavar="FILE",
                    help="pytorch-fid's pt_inception-2015-12-05-*.pth (default: looked up in torch's hub "
                         "cache; without it SIFID is skipped; nothing is downloaded)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    add_device_arguments(p, precision_help="sampling (and training) precision, as in 'sinddm sample' (default auto)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"),
                    help="samples per sampling batch (default as in 'sinddm sample': as many as fit in GPU memory, 4 on a CPU)")
-    p.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
-                   help="sampling (and training) precision, as in 'sinddm sample' (default auto)")
     p.add_argument("--threads", type=positive_int("--threads"),
                    help="CPU threads for torch (default: torch's; 1 is often faster on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
