@@ -34,6 +34,7 @@ HARMONIZE_START_T = 5         # DESIGN §7
 STYLE_TRANSFER_START_T = 15   # DESIGN §7
 MASK_DILATE_RADIUS = 7        # disk radius, px
 MASK_BLUR_SIGMA = 5.0         # Gaussian σ, px
+MASK_BLUR_TRUNCATE = 4.0      # kernel half-width in σ (scikit-image / SciPy's default)
 
 
 # -- boxes -----------------------------------------------------------------------------------
@@ -146,8 +147,9 @@ def sample_pyramid_hooked(model, schedule: Schedule, gammas: torch.Tensor, sizes
                           progress=None) -> list[torch.Tensor]:
     """`samplers.sample_pyramid` with its own x̂0 hook per scale (`hooks[s]`, None for none).
 
-    Draws the same noise in the same order as `sample_pyramid`: with every hook None the
-    outputs are identical. Returns every scale's output.
+    Draws the same noise in the same order as `sample_pyramid(..., step_draws=False)` (the
+    reference's ROI-guided loop makes no per-step draws at the finer scales): with every hook
+    None the outputs are identical. Returns every scale's output.
     """
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
@@ -196,16 +198,17 @@ def disk_kernel(radius: int) -> torch.Tensor:
     return ((d[:, None] ** 2 + d[None, :] ** 2) <= radius ** 2).float()
 
 
-def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian, truncated at ±ceil(3σ)."""
-    radius = max(1, math.ceil(3 * sigma))
+def gaussian_kernel1d(sigma: float, truncate: float = MASK_BLUR_TRUNCATE) -> torch.Tensor:
+    """Normalised float64 1-D Gaussian over ±int(truncate·σ + 0.5), as SciPy's gaussian_filter
+    (and so scikit-image's `filters.gaussian`) builds it."""
+    radius = int(truncate * sigma + 0.5)
     d = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (d / sigma) ** 2)
-    return (k / k.sum()).float()
+    return k / k.sum()
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of a float 0/1 N×1×H×W mask with a disk."""
+    """Binary dilation of a float 0/1 N×1×H×W mask with a disk (outside the image counts as 0)."""
     if radius <= 0:
         return mask
     k = disk_kernel(radius).to(mask)[None, None]
@@ -213,35 +216,54 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of N×1×H×W, edges replicated (a region touching the border stays
-    full there). Far from any non-zero pixel the result is exactly 0."""
+    """Separable Gaussian blur of N×1×H×W in float64, rows then columns, edges replicated
+    (scikit-image's default 'nearest' mode): a region touching the border stays full there.
+    Farther than the kernel's radius from any non-zero pixel the result is exactly 0."""
     if sigma <= 0:
         return mask
-    k = gaussian_kernel1d(sigma).to(mask)
+    k = gaussian_kernel1d(sigma)
     r = k.numel() // 2
-    x = F.pad(mask, (r, r, 0, 0), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, r, r), mode="replicate")
-    return F.conv2d(x, k.view(1, 1, -1, 1))
+    x = F.pad(mask.double(), (0, 0, r, r), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, -1, 1))
+    x = F.pad(x, (r, r, 0, 0), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, 1, -1))
 
 
-def harmonization_mask(mask: np.ndarray | torch.Tensor, size_hw: tuple[int, int],
+def mask_channel(picture: Image.Image | np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """The mask picture as the reference reads it: resized to `size_hw` with LANCZOS (a no-op at
+    that size already), then its first channel (red; grey for a grey picture), uint8 h×w.
+    A bool array counts as 0/255."""
+    if isinstance(picture, Image.Image):
+        img = picture if picture.mode in ("L", "RGB") else picture.convert("RGB")
+    else:
+        a = np.asarray(picture)
+        img = Image.fromarray(a.astype(np.uint8) * 255 if a.dtype == bool else a.astype(np.uint8))
+    h, w = size_hw
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.LANCZOS)
+    a = np.asarray(img)
+    return a if a.ndim == 2 else a[..., 0]
+
+
+def harmonization_mask(picture: Image.Image | np.ndarray, size_hw: tuple[int, int],
                        radius: int = MASK_DILATE_RADIUS, sigma: float = MASK_BLUR_SIGMA) -> torch.Tensor:
-    """The soft mask of harmonization (DESIGN §7): the bool H×W `mask` resized to `size_hw`
-    (the size the composite gets), dilated with a disk of `radius`, Gaussian-blurred with
-    `sigma` and rescaled to [0, 1] by min–max. Returns 1×1×h×w float32.
+    """The soft mask of harmonization (method §7.1), made as the reference makes it: the mask
+    picture resized with LANCZOS to `size_hw` (the composite's working size), every non-zero
+    pixel of its first channel (so LANCZOS ringing counts) dilated with a disk of `radius`,
+    blurred with a Gaussian of `sigma` (scikit-image's border mode and truncation) and rescaled
+    to [0, 1] by min–max. Returns 1×1×h×w float32.
 
-    Pixels more than radius + ceil(3σ) (22 px by default) rows or columns away from the mask
-    are exactly 0, so there the harmonized output is exactly the composite.
+    Pixels more than radius + int(4σ + 0.5) (27 px by default) rows or columns away from the
+    mask's non-zero pixels are exactly 0, so there the harmonized output is exactly the composite.
     """
-    m = resize_mask(mask, size_hw).float()[None, None]
+    m = torch.from_numpy((mask_channel(picture, size_hw) > 0).astype(np.float32))[None, None]
     if not bool(m.any()):
         raise ValueError("the mask is empty at the composite's working size")
     m = gaussian_blur(dilate(m, radius), sigma)
     lo, hi = m.min(), m.max()
     if float(hi - lo) <= 1e-12:  # the blurred mask covers everything evenly
-        return torch.ones_like(m)
-    return ((m - lo) / (hi - lo)).clamp(0, 1)
+        return torch.ones_like(m, dtype=torch.float32)
+    return ((m - lo) / (hi - lo)).clamp(0, 1).float()
 
 
 # -- pictures --------------------------------------------------------------------------------
@@ -259,13 +281,12 @@ def resize_like_training(picture: Image.Image, max_pixels: int) -> np.ndarray:
 
 
 def match_histograms(content: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per-channel histogram matching of uint8 H×W×3 `content` to `reference` (any size).
-
-    Quantile mapping: each distinct content value v goes to the reference value at v's
-    quantile, interpolated linearly between the reference's distinct values, then rounded.
-    A value's quantile is the middle of the band of ranks it occupies ((pixels < v + pixels
-    ≤ v) / 2 / total), on both sides, so a flat channel maps to the reference's median rather
-    than its maximum. An image matched to itself is unchanged.
+    """Per-channel histogram matching of uint8 H×W×3 `content` to `reference` (any size), as the
+    reference does it (method §7.2): each distinct content value goes to the reference value at
+    its quantile (cumulative count / total, on both sides), interpolated linearly between the
+    reference's distinct values, and truncated into uint8 (the reference writes the float result
+    into a uint8 array: truncation, not rounding, is what it shipped with). An image matched to
+    itself is unchanged.
     """
     content = np.asarray(content, dtype=np.uint8)
     reference = np.asarray(reference, dtype=np.uint8)
@@ -277,10 +298,10 @@ def match_histograms(content: np.ndarray, reference: np.ndarray) -> np.ndarray:
         ref = reference[..., c].ravel()
         s_vals, s_inv, s_counts = np.unique(src, return_inverse=True, return_counts=True)
         r_vals, r_counts = np.unique(ref, return_counts=True)
-        s_q = (np.cumsum(s_counts, dtype=np.float64) - 0.5 * s_counts) / src.size
-        r_q = (np.cumsum(r_counts, dtype=np.float64) - 0.5 * r_counts) / ref.size
-        mapped = np.interp(s_q, r_q, r_vals.astype(np.float64))
-        out[..., c] = np.clip(np.round(mapped), 0, 255).astype(np.uint8)[s_inv.ravel()].reshape(content.shape[:2])
+        s_q = np.cumsum(s_counts) / src.size
+        r_q = np.cumsum(r_counts) / ref.size
+        mapped = np.interp(s_q, r_q, r_vals)
+        out[..., c] = mapped.astype(np.uint8)[s_inv.ravel()].reshape(content.shape[:2])
     return out
 
 

@@ -71,17 +71,24 @@ def sample_ddpm(model, schedule: Schedule, x_start: torch.Tensor, scale: int, no
 @torch.no_grad()
 def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int, t_start: int,
                    gammas: torch.Tensor, noise: torch.Tensor, x0_hook: X0Hook = None,
-                   gamma_max: float = SAMPLING_GAMMA_MAX, progress=None) -> torch.Tensor:
+                   gamma_max: float = SAMPLING_GAMMA_MAX, progress=None,
+                   step_noise: NoiseSampler | None = None) -> torch.Tensor:
     """SinDDM's finer-scale sampling: noise x̃ to T[s], then DDIM (σ = 0) steps on the
     blur/clean mixture x^mix = γ x̃ + (1-γ) x (SinDDM, Sec. 3 and Alg. 2).
 
     `gammas` is γ_t^s for this scale, length T, clamped here to [0, gamma_max].
+    `step_noise(t)`, if given, is called once per step and its value discarded: the reference
+    draws a posterior noise at every step and adds it times exp(0.5·log 1e-20) = 1e-10 (its
+    zero variance, clamped), which no float32 pixel near [-1, 1] can register; drawing it keeps
+    the reference's RNG stream, so a seed gives the published code's pictures (method §5.3).
     """
     g = gammas.to(x_blurry.device).clamp(0, gamma_max)
     sqrt_ac = schedule.sqrt_alphas_cumprod
     sqrt_1m = schedule.sqrt_one_minus_alphas_cumprod
     x = q_sample(schedule, x_blurry, t_start, noise)
     for t in range(t_start - 1, -1, -1):
+        if step_noise is not None:
+            step_noise(t)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         x_mix = predict_x0(schedule, x, t, model(x, tt, scale).float())
         x0 = (x_mix - g[t] * x_blurry) / (1 - g[t])
@@ -107,11 +114,14 @@ def upsample(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
                    start_t: list[int], batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu", x0_hook: X0Hook = None,
-                   progress=None, schedule0: Schedule | None = None) -> list[torch.Tensor]:
+                   progress=None, schedule0: Schedule | None = None,
+                   step_draws: bool = True) -> list[torch.Tensor]:
     """Coarse-to-fine generation of `batch` images; returns every scale's output.
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
     `schedule0` is scale 0's schedule if not `schedule`: a respaced one takes fewer steps.
+    `step_draws`: the finer scales' discarded per-step draws of the reference's sampler
+    (`sample_blended`'s `step_noise`); its ROI-guided loop makes none.
     """
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
@@ -122,7 +132,8 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
         x_blurry = upsample(x, sizes_hw[s])
         noise = torch.randn(x_blurry.shape, generator=generator, device=device)
         x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
-                           x0_hook=x0_hook, progress=progress)
+                           x0_hook=x0_hook, progress=progress,
+                           step_noise=default_noise_sampler(x_blurry, generator) if step_draws else None)
         outputs.append(x)
     return outputs
 
@@ -134,7 +145,8 @@ class PyramidNoise:
     """All the noise one `sample_pyramid` call draws, in draw order.
 
     `start`: scale 0's initial x_T; `steps[k]`: scale 0's ancestral noise at t = T[0]-1-k;
-    `q[s-1]`: the noise that takes scale s's upsampled input to t = T[s].
+    `q[s-1]`: the noise that takes scale s's upsampled input to t = T[s]. The T[s] draws that
+    follow each `q[s-1]` (see `sample_blended`'s `step_noise`) are made but not kept.
     """
 
     start: torch.Tensor
@@ -158,8 +170,11 @@ def draw_pyramid_noise(batch: int, sizes_hw: list[tuple[int, int]], start_t: lis
     noise.start.normal_(generator=generator)
     for k in range(noise.steps.shape[0]):
         noise.steps[k].normal_(generator=generator)
-    for q in noise.q:
+    for s, q in enumerate(noise.q, start=1):
         q.normal_(generator=generator)
+        scratch = torch.empty_like(q)  # the finer loop's discarded per-step draws (reference RNG stream)
+        for _ in range(start_t[s]):
+            scratch.normal_(generator=generator)
     return noise
 
 

@@ -28,7 +28,7 @@ SMALL = GOLDEN / "small_120x90.png"      # 115x86 at the finest scale under the 
 OTHER = GOLDEN / "land_248x186.png"
 FAST_T = ["--start-t", "2", "1", "1"]    # T[0..2] of the 3-scale model: 4 network calls per batch
 COMMON = ["--device", "cpu", "--quiet"]
-REACH = 7 + 15                            # dilation radius + blur half-width: how far the soft mask reaches
+REACH = 7 + 20                            # dilation radius + blur half-width (int(4σ + 0.5)): how far the soft mask reaches
 
 
 def cli(*args) -> int:
@@ -81,7 +81,7 @@ def pictures(loaded, tmp_path_factory):
              "small_mask": root / "small_mask.png", "content": OTHER}
     save_png(composite, paths["composite"])
     save_png(mask, paths["mask"])
-    save_png(np.full((h, w), 127, np.uint8), paths["empty"])  # just below 50 % grey: empty
+    save_png(np.zeros((h, w), np.uint8), paths["empty"])  # all black: empty (any non-zero pixel counts)
     save_png(mask[:-1], paths["small_mask"])
     return paths
 
@@ -163,13 +163,15 @@ def test_histogram_matching_moves_channel_statistics_to_the_reference(loaded):
         np.testing.assert_allclose(np.quantile(matched[..., c], qs), np.quantile(ref[..., c], qs), atol=6)
 
 
-def test_histogram_matching_maps_a_flat_channel_to_the_median(loaded):
+def test_histogram_matching_maps_a_flat_channel_to_the_reference_maximum(loaded):
+    """As the reference does: a flat channel's one value sits at cumulative quantile 1, so it maps
+    to the reference channel's largest value (this library used to map it to the median)."""
     ref = loaded.pyramid.levels[-1]
     flat = np.full((20, 30, 3), 7, np.uint8)
     matched = match_histograms(flat, ref)
     for c in range(3):
         assert np.unique(matched[..., c]).size == 1
-        assert abs(int(matched[0, 0, c]) - np.median(ref[..., c])) <= 2
+        assert int(matched[0, 0, c]) == int(ref[..., c].max())
 
 
 def test_prepare_content_resizes_then_matches(loaded):
@@ -241,7 +243,7 @@ def test_roi_hooks_copy_each_level_source_patch(loaded):
 
 def test_hooked_sampler_without_hooks_is_sample_pyramid(loaded):
     args = (loaded.model, loaded.schedule, loaded.gammas, loaded.pyramid.sizes_hw, [2, 1, 1])
-    a = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3))
+    a = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3), step_draws=False)
     b = sample_pyramid_hooked(*args, 2, [None] * 3, generator=torch.Generator().manual_seed(3))
     for x, y in zip(a, b):
         assert torch.equal(x, y)
@@ -295,7 +297,7 @@ def test_harmonize_keeps_the_composite_outside_the_mask(run, pictures, tmp_path)
     mask = binarize_mask(read_png(pictures["mask"]))
     soft = harmonization_mask(mask, composite.shape[:2])[0, 0].numpy()
     outside = soft == 0
-    assert outside.mean() > 0.4
+    assert outside.mean() > 0.3
     results = [read_png(out / f"harmonize_{i:03d}.png") for i in range(3)]
     for res in results:
         assert res.shape == composite.shape

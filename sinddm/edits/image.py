@@ -51,16 +51,17 @@ class Harmonize:
         p.add_argument("--composite", required=True, metavar="IMG",
                        help="the naively pasted picture (resized like the training image)")
         p.add_argument("--mask", required=True, metavar="MASK",
-                       help="a picture of the composite's size, white (grey level >= 50%%) where the pasted "
-                            "object is; it is dilated (disk, radius 7 px) and blurred (sigma 5 px), and the "
-                            "output equals the composite where the result is 0")
+                       help="a picture of the composite's size, white on black where the pasted object is "
+                            "(as the reference reads it: every pixel whose first channel is not 0 is inside); "
+                            "it is dilated (disk, radius 7 px) and blurred (sigma 5 px), and the output equals "
+                            "the composite where the result is 0")
         p.add_argument("--start-t", type=_start_t, default=5, metavar="T",
                        help="noise level to start from, 1..99 (default 5; higher: stronger blending)")
 
     def validate(self, args, loaded) -> None:
         import numpy as np
 
-        from ..editing import binarize_mask, harmonization_mask, resize_like_training
+        from ..editing import harmonization_mask, mask_channel, resize_like_training
         from ..image_io import to_tensor
 
         composite = _read_picture(args.composite, "--composite")
@@ -69,13 +70,12 @@ class Harmonize:
             raise UserError(f"--mask '{args.mask}': {mask_picture.width}x{mask_picture.height} px but --composite "
                             f"'{args.composite}' is {composite.width}x{composite.height} px; give a mask of the "
                             "composite's size")
-        mask = binarize_mask(mask_picture)
-        if not mask.any():
-            raise UserError(f"--mask '{args.mask}': empty (no pixel reaches 50% grey); paint the pasted region "
+        if not mask_channel(mask_picture, (mask_picture.height, mask_picture.width)).any():
+            raise UserError(f"--mask '{args.mask}': empty (every pixel is black); paint the pasted region "
                             "white on black")
         picture = resize_like_training(composite, _max_pixels(loaded))
         try:
-            soft = harmonization_mask(mask, picture.shape[:2])
+            soft = harmonization_mask(mask_picture, picture.shape[:2])
         except ValueError:
             raise UserError(f"--mask '{args.mask}': the white region vanishes when the mask is resized to the "
                             f"working size {picture.shape[1]}x{picture.shape[0]} px; paint a larger region") from None
