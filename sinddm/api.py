@@ -214,7 +214,7 @@ class SinDDM:
                  batch_size: int | None = None, progress: bool = False, output: str = "pil"):
         """Content from the prompt inside a region of the training image: a `box` (y, x, h, w) or a
         `mask` picture (white inside; resized to the finest scale)."""
-        from .masks import binarize_mask
+        from .masks import mask_channel
         from .text_edits import text_roi
 
         if (box is None) == (mask is None):
@@ -226,7 +226,7 @@ class SinDDM:
                 raise UserError(f"box {b}: outside the {self.size[0]}x{self.size[1]} finest scale")
             box = tuple(b)
         else:
-            a = binarize_mask(_picture(mask, "mask"), self.size)
+            a = mask_channel(_picture(mask, "mask"), self.size) > 0
             if not a.any():
                 raise UserError("mask: no white pixels at the finest scale; mark the region in white")
             ys, xs = np.nonzero(a)

@@ -13,21 +13,15 @@ MASK_BLUR_SIGMA = 5.0         # Gaussian σ, px
 MASK_BLUR_TRUNCATE = 4.0      # kernel half-width in σ (scikit-image / SciPy's default)
 
 
-def binarize_mask(picture: Image.Image | np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128);
-    with `size_hw`, then resized by `resize_mask`. The rule text-roi's --mask reads by
-    (harmonize's --mask is read as the reference reads it: `harmonization_mask`)."""
+def binarize_mask(picture: Image.Image | np.ndarray) -> np.ndarray:
+    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128).
+    (The edit modes read masks by `mask_channel`, the reference's rule.)"""
     if isinstance(picture, Image.Image):
-        if picture.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            from .image_io import _to_rgb8   # scaled to 8 bits as load_rgb does (convert("L") clips)
-
-            picture = _to_rgb8(picture)
         grey = np.asarray(picture.convert("L"), dtype=np.uint8)
     else:
         a = np.asarray(picture)
         grey = a if a.ndim == 2 else np.asarray(Image.fromarray(a.astype(np.uint8)).convert("L"))
-    mask = grey >= 128
-    return mask if size_hw is None else resize_mask(mask, size_hw).numpy()
+    return grey >= 128
 
 
 def resize_mask(mask: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

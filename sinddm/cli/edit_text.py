@@ -187,8 +187,9 @@ class TextROI:
         _add_clip_arguments(p)
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("--box", type=box_arg, metavar="Y,X,H,W", help="the region in finest-scale pixels")
-        g.add_argument("--mask", metavar="PNG", help="the region as a picture: white inside (resized to the "
-                                                     "finest scale if needed)")
+        g.add_argument("--mask", metavar="PNG", help="the region as a picture, white on black (resized to the "
+                                                     "finest scale if needed; as harmonize reads its mask: every "
+                                                     "pixel whose first channel is not 0 is inside)")
         p.add_argument("--iterations", type=_iterations, default=100, help="CLIP steps on the region (default 100)")
         p.add_argument("--strength", type=_unit_float("--strength"), default=0.1, metavar="ETA",
                        help="step size relative to the region's norm (default 0.1)")
@@ -222,21 +223,23 @@ class TextROI:
 
 
 def _mask_region(path: Path, size_hw: tuple[int, int]):
-    """(bounding box, [1, 1, H, W] 0/1 region) of a mask picture at the finest scale."""
+    """(bounding box, [1, 1, H, W] 0/1 region) of a mask picture at the finest scale, read by the
+    rule harmonize's --mask is read by (`masks.mask_channel`): the picture as `load_rgb` gives
+    it, resized with LANCZOS, every pixel whose first channel is not 0."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    from ..masks import binarize_mask
+    from ..image_io import load_rgb
+    from ..masks import mask_channel
 
     if not path.is_file():
         raise UserError(f"--mask '{path}': no such file; give a PNG, white where the text goes")
     try:
-        with Image.open(path) as im:
-            full, a = binarize_mask(im), binarize_mask(im, size_hw)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"--mask '{path}': not a readable picture ({type(e).__name__})") from None
-    if not full.any():
+        picture = load_rgb(path)
+    except UserError as e:
+        raise UserError(f"--mask: {e}") from None
+    if not mask_channel(picture, (picture.height, picture.width)).any():
         raise UserError(f"--mask '{path}': no white pixels; mark the region in white")
+    a = mask_channel(picture, size_hw) > 0
     if not a.any():
         raise UserError(f"--mask '{path}': the white region vanishes at the finest scale's {size_hw[1]}x{size_hw[0]} "
                         "px; paint a larger region")
