@@ -1,4 +1,4 @@
-"""Text guidance with CLIP (method §6, supplement E): views, loss, mask, guided loops.
+"""Text guidance with CLIP (method §6, supplement E): templates, loss, the fill-factor mask, guided loops.
 
 The CLIP model itself comes from `sinddm.clip.load_clip`. Pieces, each usable on its own:
 
