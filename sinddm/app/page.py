@@ -26,15 +26,15 @@ CSS = "#regions-image img {image-rendering: pixelated;} .studio-status {min-heig
 def message(e: BaseException) -> str:
     """One line for the page; a bug's traceback goes to the server's stderr, not to the page."""
     if isinstance(e, UserError):
-        return f"⚠️ {e}"
+        return f"error: {e}"
     traceback.print_exc(file=sys.stderr)
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-        return "⚠️ out of memory: use a smaller count or size"
-    return f"⚠️ failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return "error: out of memory: use a smaller count or size"
+    return f"error: failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def _shown(result: Result, status: str = "done") -> tuple:
-    return [(img, None) for img in result.images], [str(p) for p in result.paths], result.command, f"✅ {status}"
+    return [(img, None) for img in result.images], [str(p) for p in result.paths], result.command, f"**{status}**"
 
 
 def regions_picture(studio: Studio, source: str, targets: str, roi_box: str) -> Image.Image:
@@ -61,8 +61,8 @@ def build(studio: Studio):
 
     def outputs(prefix: str):
         with gr.Row():
-            gallery = gr.Gallery(label="result", elem_id=f"{prefix}-gallery", columns=4, height="auto",
-                                 format="png", interactive=False)
+            gallery = gr.Gallery(label="result", elem_id=f"{prefix}-gallery", columns=4, height=320,
+                                 object_fit="contain", format="png", interactive=False)
         files = gr.File(label="PNGs", file_count="multiple", elem_id=f"{prefix}-files", interactive=False)
         command = gr.Textbox(label="the command that reproduces this result", elem_id=f"{prefix}-command",
                              interactive=False, buttons=["copy"])
@@ -231,7 +231,7 @@ def build(studio: Studio):
                 n_x, seed_x = count_seed("text", count=2)
                 run_x = gr.Button("Run", variant="primary", elem_id="text-run")
                 with gr.Row():
-                    gallery_x = gr.Gallery(label="result", columns=4, height="auto", format="png",
+                    gallery_x = gr.Gallery(label="result", columns=4, height=320, object_fit="contain", format="png",
                                            interactive=False, elem_id="text-gallery", scale=3)
                     mask_x = gr.Image(label="guidance region", type="pil", interactive=False, scale=1,
                                       elem_id="text-mask")
