@@ -38,3 +38,12 @@ def reference_net(golden):
     net = Denoiser(32)
     net.load_state_dict(from_reference_state_dict(sd))
     return net.eval()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each test's outcome on its item (`item.rep_call`), for fixtures that act on failure
+    (the browser tests save a screenshot)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

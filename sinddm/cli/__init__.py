@@ -7,6 +7,7 @@ bad input exits with code 2 and one line that names the input and what to do.
   edit     edit MODE: edit_image, edit_text        (sinddm.editing, sinddm.text_edits)
   jobs     run JOBS.yaml
   eval     eval, eval-suite, eval-compare          (sinddm.eval)
+  app      app: the studio web page                (sinddm.app, optional extra sinddm[app])
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import sys
 
 from .. import __version__
 from ..errors import TrainingStopped, UserError
-from . import edit, eval, jobs, sample, train
+from . import app, edit, eval, jobs, sample, train
 from .common import EPILOG, Parser
 
 
-COMMAND_MODULES = [train, sample, edit, jobs, eval]   # each has add_parsers(sub) and COMMANDS
+COMMAND_MODULES = [train, sample, edit, jobs, eval, app]   # each has add_parsers(sub) and COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     # in the order --help lists them
     for add in (train.add_parsers, sample.add_parsers, train.add_convert_parser, edit.add_parsers,
-                jobs.add_parsers, eval.add_parsers):
+                jobs.add_parsers, eval.add_parsers, app.add_parsers):
         add(sub)
     return p
 

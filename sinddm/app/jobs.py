@@ -1,0 +1,171 @@
+"""One studio run per call: check the widget values, call the public `SinDDM` API, write the PNGs
+(and any picture the command needs) into a fresh folder under the output folder, and return the
+pictures, their paths and the `sinddm` command that reproduces them. No Gradio here.
+
+Bad input raises `UserError` (one line); the page shows it as a message.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from ..api import SinDDM
+from ..errors import UserError
+from . import commands as C
+
+MAX_NUM = 16
+
+
+class Result(NamedTuple):
+    images: list            # PIL images
+    paths: list[Path]       # the PNGs written (grid.png last)
+    command: str            # the sinddm command that writes the same pictures
+    extra: Image.Image | None = None   # a picture shown beside the result (text-roi: its region mask)
+
+
+def read_upload(path, what: str) -> Image.Image:
+    """An uploaded file as an RGB picture; a file that is not one is a message naming `what`."""
+    from ..image_io import load_rgb
+
+    if not path:
+        raise UserError(f"{what}: no picture uploaded; upload a PNG or JPEG")
+    try:
+        return load_rgb(path)
+    except UserError as e:  # the page shows the file's name, not the server's upload path
+        raise UserError(f"{what}: " + str(e).replace(f"'{path}'", f"'{Path(path).name}'")) from None
+
+
+def mask_from_layers(layers, size_wh: tuple[int, int], what: str = "mask") -> Image.Image:
+    """Painted layers (RGBA arrays or pictures, from an image editor) → white-on-black mask: every
+    pixel any stroke touched is white."""
+    mask = np.zeros((size_wh[1], size_wh[0]), dtype=bool)
+    for layer in layers or []:
+        a = np.asarray(layer.convert("RGBA") if isinstance(layer, Image.Image) else layer)
+        if a.ndim != 3 or a.shape[:2] != mask.shape:
+            continue
+        mask |= (a[..., 3] > 0) if a.shape[2] == 4 else a.any(axis=2)
+    if not mask.any():
+        raise UserError(f"{what}: nothing painted; paint over the region with the brush")
+    return Image.fromarray((mask * 255).astype(np.uint8)).convert("RGB")
+
+
+def _given(**values) -> dict:
+    return {k: float(v) for k, v in values.items() if v is not None}
+
+
+class Studio:
+    """The model, the names the commands use, and the output folder every run writes into."""
+
+    def __init__(self, model: SinDDM, model_arg: str, out, device_arg: str = "auto", clip_checkpoint=None):
+        self.model, self.model_arg, self.device_arg = model, str(model_arg), device_arg
+        self.out, self.clip_checkpoint = Path(out), clip_checkpoint
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def finest_image(self) -> Image.Image:
+        """The training image at the finest scale: boxes are drawn on it, in its pixels."""
+        from ..image_io import to_uint8
+
+        pyr = self.model.pyramid
+        return Image.fromarray(to_uint8(pyr.level_tensor(pyr.n_scales - 1)))
+
+    def folder(self, panel: str) -> Path:
+        """OUT/panel-NNN, the first number not used yet (created)."""
+        used = [int(m.group(1)) for p in self.out.glob(f"{panel}-*")
+                if (m := re.fullmatch(rf"{re.escape(panel)}-(\d+)(-cli)?", p.name))]
+        path = self.out / f"{panel}-{max(used, default=0) + 1:03d}"
+        path.mkdir(parents=True)
+        return path
+
+    def _finish(self, images, folder: Path, prefix: str, command, extra=None) -> Result:
+        paths = SinDDM.save(images, folder, prefix)
+        cli_out = folder.with_name(folder.name + "-cli")
+        return Result(images, [*paths, folder / "grid.png"], command(cli_out), extra)
+
+    def sample(self, n, seed, scale_h=1.0, scale_w=1.0, size_text="", start_level=0, progress=False) -> Result:
+        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        size = C.parse_size_field(size_text)
+        scale_hw = None if size else (float(scale_h), float(scale_w))
+        level = C.whole(start_level, "object size (start level)", 0)
+        images = self.model.sample(n, scale_hw=scale_hw, size=size, start_level=level, seed=seed, progress=progress)
+        return self._finish(images, self.folder("sample"), "sample", lambda o: C.sample_command(
+            self.model_arg, n, seed, o, scale_hw=scale_hw, size=size, start_level=level, device=self.device_arg))
+
+    def roi_copy(self, source_text, targets_text, n, seed, progress=False) -> Result:
+        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        source = C.parse_box_field(source_text, "source box")
+        targets = C.parse_boxes_field(targets_text, "target boxes")
+        images = self.model.roi_copy(source, targets, n=n, seed=seed, progress=progress)
+        return self._finish(images, self.folder("roi-copy"), "roi_copy", lambda o: C.roi_copy_command(
+            self.model_arg, source, targets, n, seed, o, device=self.device_arg))
+
+    def harmonize(self, composite_path, layers, t_start, n, seed, progress=False) -> Result:
+        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        t_start = C.whole(t_start, "start t", 1, 99)
+        composite = read_upload(composite_path, "composite")
+        mask = mask_from_layers(layers, composite.size)
+        images = self.model.harmonize(composite, mask, n=n, t_start=t_start, seed=seed, progress=progress)
+        folder = self.folder("harmonize")
+        composite.save(folder / "composite.png")
+        mask.save(folder / "mask.png")
+        return self._finish(images, folder, "harmonize", lambda o: C.harmonize_command(
+            self.model_arg, folder / "composite.png", folder / "mask.png", t_start, n, seed, o, self.device_arg),
+            extra=mask)
+
+    def style_transfer(self, content_path, t_start, n, seed, progress=False) -> Result:
+        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        t_start = C.whole(t_start, "start t", 1, 99)
+        content = read_upload(content_path, "content")
+        images = self.model.style_transfer(content, n=n, t_start=t_start, seed=seed, progress=progress)
+        folder = self.folder("style-transfer")
+        content.save(folder / "content.png")
+        return self._finish(images, folder, "style_transfer", lambda o: C.style_transfer_command(
+            self.model_arg, folder / "content.png", t_start, n, seed, o, self.device_arg))
+
+    def text(self, mode, prompt, n, seed, strength=None, fill_factor=None, momentum=None, box_text="",
+             mask_layers=None, progress=False) -> Result:
+        """text-content, text-style, text-style-transfer or text-roi (a box, or painted layers
+        over the finest-scale image)."""
+        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        kw = dict(n=n, seed=seed, clip=self._clip(), progress=progress)
+        box = mask = None
+        if mode == "text-roi":
+            if str(box_text or "").strip():
+                box = C.parse_box_field(box_text, "text-roi box")
+            else:
+                h, w = self.model.size
+                mask = mask_from_layers(mask_layers, (w, h), "text-roi region (a box or a painted mask)")
+            flags = _given(strength=strength)
+            images = self.model.text_roi(prompt, box=box, mask=mask, **flags, **kw)
+        elif mode in ("text-content", "text-style", "text-style-transfer"):
+            method = getattr(self.model, mode.replace("-", "_"))
+            flags = _given(strength=strength, fill_factor=fill_factor, momentum=momentum)
+            images = method(prompt, **flags, **kw)
+        else:
+            raise UserError(f"text mode '{mode}': use text-content, text-style, text-style-transfer or text-roi")
+        folder = self.folder(mode)
+        mask_path = None
+        if mask is not None:
+            mask_path = folder / "mask.png"
+            mask.save(mask_path)
+        extra = mask if mask is not None else self._box_picture(box) if box is not None else None
+        return self._finish(images, folder, mode.replace("-", "_"), lambda o: C.text_command(
+            self.model_arg, mode, prompt, n, seed, o, self.device_arg, box=box, mask=mask_path,
+            clip_checkpoint=self.clip_checkpoint, **flags), extra=extra)
+
+    def _clip(self):
+        if not self.clip_checkpoint:
+            return None
+        from ..clip import ClipSpec
+
+        return ClipSpec(checkpoint=str(self.clip_checkpoint))
+
+    def _box_picture(self, box) -> Image.Image:
+        h, w = self.model.size
+        a = np.zeros((h, w), dtype=np.uint8)
+        a[box.slices()] = 255
+        return Image.fromarray(a).convert("RGB")

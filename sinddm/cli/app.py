@@ -1,0 +1,49 @@
+"""`sinddm app MODEL|RUN_DIR [--port P] [--device ...] [--out DIR]`: the studio, a local web page
+(sinddm.app, Gradio: `pip install sinddm[app]`) bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .common import add_device_arguments, int_arg
+
+APP_EXTRA_MISSING = "the studio needs Gradio: pip install 'sinddm[app]'"
+
+
+def add_parsers(sub) -> None:
+    a = sub.add_parser("app", help="the studio: sample and edit in a local web page (needs sinddm[app])",
+                       description="Serve a local page (http://127.0.0.1:PORT) with panels for sampling, "
+                                   "regions (roi-copy, text-roi boxes), harmonization, style transfer and "
+                                   "text guidance; each shows the sinddm command that reproduces its result. "
+                                   "Never shared beyond this machine.")
+    a.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
+    a.add_argument("--port", type=int_arg("--port", 1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
+    a.add_argument("--out", default="studio", help="folder every result (and every upload) is written into "
+                                                   "(default ./studio)")
+    a.add_argument("--clip-checkpoint", metavar="PATH", help="local CLIP weights for the text panels "
+                                                              "(as 'sinddm edit ... --clip-checkpoint')")
+    a.add_argument("--open", action="store_true", help="open the page in the default browser")
+    add_device_arguments(a)
+
+
+def cmd_app(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError(APP_EXTRA_MISSING)
+    from pathlib import Path
+
+    from ..api import SinDDM
+    from ..app.jobs import Studio
+    from ..app.page import serve
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}': is a file; give a folder")
+    model = SinDDM.load(args.model, device=args.device, precision=args.precision)
+    studio = Studio(model, args.model, out, device_arg=args.device, clip_checkpoint=args.clip_checkpoint)
+    print(f"sinddm studio: {model}; results in {out}; http://127.0.0.1:{args.port} (Ctrl-C stops)", flush=True)
+    serve(studio, args.port, open_browser=args.open)
+    return 0
+
+
+COMMANDS = {"app": cmd_app}

@@ -1,0 +1,144 @@
+"""The studio without a browser: command builders, the runs behind each panel (through the public
+API, on the shipped model), the messages bad input gets, and `sinddm app` without its extra."""
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sinddm.app import commands as C
+from sinddm.app.jobs import Studio, mask_from_layers, read_upload
+from sinddm.cli import build_parser, main
+from sinddm.errors import UserError
+from sinddm.regions import Box
+
+MODEL = Path(__file__).resolve().parent.parent / "assets" / "models" / "hubble-small.safetensors"
+
+
+@pytest.fixture(scope="module")
+def model():
+    from sinddm import SinDDM
+
+    return SinDDM.load(MODEL, device="cpu")
+
+
+@pytest.fixture
+def studio(model, tmp_path):
+    return Studio(model, str(MODEL), tmp_path / "out", device_arg="cpu")
+
+
+def test_two_clicks_make_a_box_whatever_their_order_clipped_to_the_image():
+    assert C.box_from_corners((17, 74), (32, 89), (101, 118)) == Box(74, 17, 16, 16)
+    assert C.box_from_corners((32, 89), (17, 74), (101, 118)) == Box(74, 17, 16, 16)
+    assert C.box_from_corners((5, 5), (5, 5), (101, 118)) == Box(5, 5, 1, 1)
+    assert C.box_from_corners((110, 90), (500, 500), (101, 118)) == Box(90, 110, 11, 8)
+
+
+def test_fields_are_checked_with_messages_naming_them():
+    assert C.parse_boxes_field("8,8,16,16\n77,94,16,16", "targets") == [Box(8, 8, 16, 16), Box(77, 94, 16, 16)]
+    with pytest.raises(UserError, match="source box: empty"):
+        C.parse_box_field("  ", "source box")
+    with pytest.raises(UserError, match="targets: .*y,x,h,w"):
+        C.parse_boxes_field("8,8,16", "targets")
+    with pytest.raises(UserError, match="size: expected HEIGHTxWIDTH"):
+        C.parse_size_field("100 by 200")
+    assert C.parse_size_field(" 50x90 ") == (50, 90) and C.parse_size_field("") is None
+    with pytest.raises(UserError, match="count"):
+        C.whole(2.5, "count", 1, 16)
+
+
+def test_commands_are_the_cli_lines_that_parse():
+    out = Path("studio/sample-001-cli")
+    line = C.sample_command("m.safetensors", 1, 7, out, scale_hw=(1, 2), start_level=1, device="cpu")
+    assert line == ("sinddm sample m.safetensors --scale-hw 1 2 --start-level 1 --num 1 --seed 7 "
+                    "--out studio/sample-001-cli --device cpu")
+    assert "--scale-hw" not in C.sample_command("m", 4, 0, out, scale_hw=(1.0, 1.0))
+    assert "--size 50x90" in C.sample_command("m", 4, 0, out, size=(50, 90))
+    roi = C.roi_copy_command("my model", Box(74, 17, 16, 16), [Box(8, 8, 16, 16), Box(77, 94, 16, 16)], 3, 5, out)
+    assert roi == ("sinddm edit 'my model' roi-copy --source 74,17,16,16 --target 8,8,16,16 77,94,16,16 "
+                   "--num 3 --seed 5 --out studio/sample-001-cli")
+    text = C.text_command("m", "text-roi", "a red balloon", 2, 0, out, box=Box(40, 60, 50, 50), strength=0.1)
+    assert "--text 'a red balloon' --box 40,60,50,50 --strength 0.1" in text
+    for line in (roi, text, C.harmonize_command("m", "c.png", "k.png", 12, 3, 0, out),
+                 C.style_transfer_command("m", "c.png", 15, 3, 4, out)):
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.out == str(out)
+
+
+def test_sample_panel_writes_what_its_command_writes(studio, tmp_path, monkeypatch):
+    r = studio.sample(1, 3, size_text="50x90")
+    assert [im.size for im in r.images] == [(90, 50)]
+    assert r.paths[0] == studio.out / "sample-001" / "sample_000.png" and r.paths[-1].name == "grid.png"
+    assert all(p.is_file() for p in r.paths)
+    assert r.command.startswith(f"sinddm sample {MODEL} --size 50x90 --num 1 --seed 3")
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(r.command)[1:] + ["--quiet"]) == 0
+    cli = np.asarray(Image.open(studio.out / "sample-001-cli" / "sample_000.png"))
+    assert np.array_equal(cli, np.asarray(r.images[0]))
+    assert studio.sample(1, 0, 1, 2).paths[0].parent.name == "sample-002"  # never over an earlier result
+
+
+def test_roi_copy_panel_and_its_messages(studio):
+    r = studio.roi_copy("74,17,16,16", "8,8,16,16\n", 1, 5)
+    assert r.images[0].size == (118, 101)
+    assert "--source 74,17,16,16 --target 8,8,16,16 --num 1 --seed 5" in r.command
+    with pytest.raises(UserError, match="source box: empty"):
+        studio.roi_copy("", "8,8,16,16", 1, 0)
+    with pytest.raises(UserError, match="target boxes: empty"):
+        studio.roi_copy("74,17,16,16", "", 1, 0)
+    with pytest.raises(UserError, match="reaches beyond"):
+        studio.roi_copy("74,17,16,16", "100,100,16,16", 1, 0)
+
+
+def test_harmonize_panel_turns_painted_strokes_into_the_mask_file(studio, tmp_path):
+    picture = studio.finest_image()
+    composite = tmp_path / "composite.png"
+    picture.save(composite)
+    stroke = np.zeros((picture.height, picture.width, 4), np.uint8)
+    stroke[30:50, 40:70] = (255, 255, 255, 255)
+    r = studio.harmonize(str(composite), [Image.fromarray(stroke, "RGBA")], 5, 1, 0)
+    folder = r.paths[0].parent
+    mask = np.asarray(Image.open(folder / "mask.png").convert("L"))
+    assert mask[30:50, 40:70].min() == 255 and mask.sum() == 255 * 20 * 30
+    assert f"--composite {folder / 'composite.png'} --mask {folder / 'mask.png'} --start-t 5" in r.command
+    with pytest.raises(UserError, match="nothing painted"):
+        mask_from_layers([np.zeros_like(stroke)], picture.size)
+
+
+def test_a_non_image_upload_is_one_line_naming_the_file_not_the_server_path(tmp_path, studio):
+    bad = tmp_path / "uploads" / "notes.png"
+    bad.parent.mkdir()
+    bad.write_text("not a picture")
+    with pytest.raises(UserError) as e:
+        read_upload(str(bad), "content")
+    assert str(e.value) == "content: image 'notes.png': not a picture Pillow can read; give a PNG or JPEG file"
+    with pytest.raises(UserError, match="content: image 'notes.png'"):
+        studio.style_transfer(str(bad), 15, 1, 0)
+    assert not list(studio.out.glob("style-transfer-*"))
+
+
+def test_text_panels_without_clip_weights_say_so_and_write_nothing(studio, tmp_path, monkeypatch):
+    import sinddm.clip as clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(clip.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(clip, "_CLIP_CACHE", {})
+    for mode in ("text-content", "text-style", "text-roi"):
+        with pytest.raises(UserError, match="--clip-checkpoint") as e:
+            studio.text(mode, "a castle", 1, 0, 0.3, 0.3, 0.2, box_text="10,10,20,20")
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="prompt: empty"):
+        studio.text("text-content", "  ", 1, 0, 0.3, 0.3, 0.2)
+    assert list(studio.out.iterdir()) == []
+
+
+def test_app_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["app", str(MODEL), "--port", "7999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the studio needs Gradio: pip install 'sinddm[app]'"
