@@ -24,7 +24,7 @@ from .checkpoint import LoadedModel, load_model
 from .devices import check_sample_memory, resolve_device, resolve_precision
 from .errors import UserError
 from .image_io import load_rgb, to_tensor, to_uint8
-from .pyramid import sample_sizes
+from .pyramid import checked_sample_sizes
 from .regions import Box, box_outside, parse_box
 
 PathLike = str | os.PathLike
@@ -89,7 +89,7 @@ class SinDDM:
         pyr = self.pyramid
         if not 0 <= start_level < pyr.n_scales:
             raise UserError(f"start_level must be in 0..{pyr.n_scales - 1}, got {start_level}")
-        return sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=scale_hw, size_hw=size, start_level=start_level)
+        return checked_sample_sizes(pyr, scale_hw=scale_hw, size_hw=size, start_level=start_level)
 
     # -- sampling ----------------------------------------------------------------------------
     def sample(self, n: int = 1, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,

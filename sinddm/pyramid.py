@@ -126,3 +126,22 @@ def sample_sizes(pyramid_sizes_hw: list[tuple[int, int]], scale_factor: float,
             k = j - (n - 1)
             out.append((int(round(base[-1][0] * scale_factor ** k)), int(round(base[-1][1] * scale_factor ** k))))
     return out
+
+
+MIN_OUTPUT_SIDE = 4   # px: the coarsest scale of an output must be at least this big
+
+
+def checked_sample_sizes(pyramid: "Pyramid", scale_hw: tuple[float, float] | None = None,
+                         size_hw: tuple[int, int] | None = None, start_level: int = 0) -> list[tuple[int, int]]:
+    """`sample_sizes` for `pyramid`, refusing (UserError, one line) an output whose coarsest scale
+    would be under 4 px or whose finest would pass MAX_DECODE_PIXELS (64 Mpx)."""
+    from .image_io import MAX_DECODE_PIXELS
+
+    sizes = sample_sizes(pyramid.sizes_hw, pyramid.scale_factor, scale_hw=scale_hw, size_hw=size_hw,
+                         start_level=start_level)
+    if min(min(hw) for hw in sizes) < MIN_OUTPUT_SIDE:
+        raise UserError(f"requested size too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px; "
+                        "use a larger --size or --scale-hw")
+    if max(h * w for h, w in sizes) > MAX_DECODE_PIXELS:
+        raise UserError("requested size too large (over 64 Mpx at the finest scale); use a smaller --size")
+    return sizes

@@ -113,3 +113,10 @@ def test_walkthrough_example_runs(tmp_path):
     for name in ("panoramas/grid.png", "roi_copy/roi_copy_000.png", "style_transfer/style_transfer_000.png",
                  "run/model.safetensors"):
         assert (tmp_path / "w" / name).is_file(), name
+
+
+def test_sizes_are_checked_like_the_cli(model):
+    with pytest.raises(UserError, match="too small"):
+        model.sample(1, size=(6, 6))
+    with pytest.raises(UserError, match="too large"):
+        model.sizes(size=(9000, 9000))

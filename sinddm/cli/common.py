@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..image_io import MAX_DECODE_PIXELS
 from ..runs import prepare_out
 
 EPILOG = "Docs and examples: README.md. Paper: Kulikov et al., SinDDM, ICML 2023."
-MAX_OUTPUT_PIXELS = MAX_DECODE_PIXELS  # finest-scale pixels a sample may have: as many as a picture we read
-MIN_COARSE_SIDE = 4               # px: the coarsest scale of a sample must be at least this big
 
 
 class Parser(argparse.ArgumentParser):
@@ -182,18 +179,11 @@ def parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
 
 
 def output_sizes(loaded, args, start_level: int = 0) -> list[tuple[int, int]]:
-    """Per-scale sizes from --scale-hw / --size, validated."""
-    from ..pyramid import sample_sizes
+    """Per-scale sizes from --scale-hw / --size, validated (`pyramid.checked_sample_sizes`)."""
+    from ..pyramid import checked_sample_sizes
 
-    pyr = loaded.pyramid
-    sizes = sample_sizes(pyr.sizes_hw, pyr.scale_factor, scale_hw=getattr(args, "scale_hw", None),
-                         size_hw=getattr(args, "size", None), start_level=start_level)
-    if min(min(hw) for hw in sizes) < MIN_COARSE_SIDE:
-        raise UserError(f"requested size too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px; "
-                        "use a larger --size or --scale-hw")
-    if max(h * w for h, w in sizes) > MAX_OUTPUT_PIXELS:
-        raise UserError("requested size too large (over 64 Mpx at the finest scale); use a smaller --size")
-    return sizes
+    return checked_sample_sizes(loaded.pyramid, scale_hw=getattr(args, "scale_hw", None),
+                                size_hw=getattr(args, "size", None), start_level=start_level)
 
 
 def output_folder(loaded, args, name: str = "samples") -> Path:
