@@ -1,4 +1,5 @@
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,21 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="module")
+def no_network():
+    """Any attempt to open a connection (a weight download) fails the test loudly."""
+    real = socket.socket.connect
+
+    def refuse(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network access attempted: {address}")
+        return real(self, address)
+
+    socket.socket.connect = refuse
+    yield
+    socket.socket.connect = real
+
+
+# Modules that must never reach the network say `pytestmark = pytest.mark.usefixtures("no_network")`.

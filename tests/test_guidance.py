@@ -35,19 +35,7 @@ def cli(*args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_network():
-    """Any attempt to open a connection (a weight download) fails the test loudly."""
-    real = socket.socket.connect
-
-    def refuse(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise AssertionError(f"network access attempted: {address}")
-        return real(self, address)
-
-    socket.socket.connect = refuse
-    yield
-    socket.socket.connect = real
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: a connection attempt fails the test
 
 
 @pytest.fixture(scope="module")
