@@ -135,8 +135,9 @@ def test_a_killed_job_is_reported_with_its_logs_last_line(tmp_path):
     specs = [{"tag": t, "log": str(tmp_path / f"{t}.log"), "threads": 1} for t in ("killed", "fine")]
     lines = []
     got = cluster.run_jobs(job, specs, ExecutorOptions("local", jobs=2), tmp_path / "submitit", "cpu", lines.append)
-    assert got == {0: (False, "killed: working"), 1: (True, "fine")}
-    assert f"killed: FAILED: killed: working (log {specs[0]['log']})" in lines
+    why = "ended without an error line (killed?); last line: killed: working"
+    assert got == {0: (False, why), 1: (True, "fine")}
+    assert f"killed: FAILED: {why} (log {specs[0]['log']})" in lines
 
 
 def test_gpus_are_shared_out_one_set_per_parallel_job():

@@ -261,7 +261,10 @@ def _outcome(job, spec: dict, log: Callable[[str], None]) -> tuple[bool, object]
     try:
         result = job.result()
     except Exception as e:  # failed, killed, timed out: the job's own log says best what happened
-        why = last_line(Path(spec["log"])) or (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        why = last_line(Path(spec["log"]))
+        if not why.startswith("error:"):  # killed (a signal, a time limit, a lost node) or crashed
+            said = why or "(empty log; submitit: " + (str(e).strip().splitlines() or [type(e).__name__])[0] + ")"
+            why = f"ended without an error line (killed?); last line: {said}"
         log(f"{spec['tag']}: FAILED: {why} (log {spec['log']})")
         return False, why
     log(f"{spec['tag']}: done")
