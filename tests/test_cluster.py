@@ -215,11 +215,13 @@ def test_suite_config_file_and_options(tmp_path):
     (["--executor", "slurm", "--slurm-time", "60", "--slurm-extra", "account"], "KEY=VALUE", False),
     (["--executor", "local", "--jobs", "2", "--gpus-per-job", "1"], "--gpus-per-job 0", True),
     (["--executor", "slurm", "--slurm-time", "60", "--device", "tpu"], "unknown device", True),
+    (["--config", "{tmp}/logs.yaml"], "may not be named 'logs'", False),
 ])
 def test_eval_suite_executor_bad_input(tmp_path, capsys, argv, words, submitit_first):
     if submitit_first and not HAVE_SUBMITIT:
         pytest.skip("submitit is not installed (pip install sinddm[cluster]); it is checked first")
     images = _pictures(tmp_path / "images", 1)
+    _recipe(tmp_path / "logs.yaml")
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     device = [] if "--device" in args else ["--device", "cpu"]
     rc = cli("eval-suite", images, "--config", CONFIGS / "smoke.yaml", "--out", tmp_path / "suite", *device, *args)

@@ -206,6 +206,9 @@ def _recipes(paths: Sequence[str | Path], steps: int | None) -> list[tuple[str, 
         if name in seen:
             raise UserError(f"--config '{p}': another recipe is also named '{name}'; give configs distinct "
                             "file names (runs are stored per recipe name)")
+        if name == "logs":
+            raise UserError(f"--config '{p}': a recipe may not be named 'logs' (the suite keeps its job logs in "
+                            "OUT/logs); rename the file")
         seen.add(name)
         out.append((name, Path(p), cfg))
     return out
