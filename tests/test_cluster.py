@@ -183,6 +183,8 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --account=mylab", "#SBATCH --qos=high"):
         assert line in sbatch
+    ex.parameters["map_count"] = 20  # what submitit sets when it submits 20 jobs as one array
+    assert "#SBATCH --array=0-19%8" in ex._make_submission_file_text("CMD", "uid")  # --jobs 8 at once
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(UserError, match="srun"):
         cluster.make_executor(opts, tmp_path / "sub")
