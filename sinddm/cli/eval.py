@@ -61,6 +61,7 @@ def add_parsers(sub) -> None:
                    help="recipe (config file name without .yaml) that results.md compares every other recipe "
                         "with, sample by sample, as 'sinddm eval-compare' (default: the first --config)")
     add_common_arguments(s)
+    add_executor_arguments(s)
 
     c = sub.add_parser(
         "eval-compare", help="paired differences between 'sinddm eval' results (same seeds, same picture)",
@@ -76,6 +77,27 @@ def add_parsers(sub) -> None:
     c.add_argument("--overwrite", action="store_true", help="replace existing --json / --png files")
     c.add_argument("--png", metavar="FILE", help="also draw FILE: a row per evaluation (BASE first), the "
                    "training image and the first samples, which share their seeds column by column")
+
+
+def add_executor_arguments(p) -> None:
+    from .common import int_arg, positive_int
+    from ..eval.cluster import EXECUTORS
+
+    g = p.add_argument_group("where the jobs run (each picture x recipe is one job; README: Many pictures, many GPUs)")
+    g.add_argument("--executor", choices=EXECUTORS,
+                   help="inline: one after another in this process (default); local: a process per job on this "
+                        "machine, each with its own GPU(s); slurm: a SLURM job array (needs 'sinddm[cluster]')")
+    g.add_argument("--jobs", type=positive_int("--jobs"), help="jobs at once (default 1)")
+    g.add_argument("--gpus-per-job", type=int_arg("--gpus-per-job", 0),
+                   help="GPUs per job (default 1 when the jobs use a GPU, else 0); two local jobs never share one")
+    g.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    g.add_argument("--slurm-time", metavar="TIME",
+                   help="SLURM time limit per job: minutes or [D-]HH:MM:SS (required with --executor slurm)")
+    g.add_argument("--slurm-extra", nargs="+", metavar="KEY=VALUE",
+                   help="more sbatch options, e.g. account=mylab qos=high constraint=a100")
+    g.add_argument("--suite-config", metavar="YAML",
+                   help="a file with these settings as keys (executor, jobs, gpus_per_job, slurm_partition, "
+                        "slurm_time, slurm_extra: {KEY: VALUE}); options given here win")
 
 
 def add_common_arguments(p) -> None:
@@ -140,15 +162,26 @@ def _print_summary(m: dict, out: Path) -> None:
 
 
 def cmd_eval_suite(args) -> int:
+    from ..eval.cluster import executor_options
     from ..eval.suite import DEFAULT_OUT, run_suite
 
+    opts = executor_options(args.suite_config, executor=args.executor, jobs=args.jobs,
+                            gpus_per_job=args.gpus_per_job, slurm_partition=args.slurm_partition,
+                            slurm_time=args.slurm_time, slurm_extra=args.slurm_extra)
     _apply_threads(args)
-    run_suite(args.images, args.config, args.out, steps=args.steps, num=args.num, seed=args.seed,
-              baseline=args.baseline, inception_weights=args.inception_weights, device=args.device,
-              batch_size=args.batch_size, precision=args.precision, progress=not args.quiet)
+    doc = run_suite(args.images, args.config, args.out, steps=args.steps, num=args.num, seed=args.seed,
+                    baseline=args.baseline, inception_weights=args.inception_weights, device=args.device,
+                    batch_size=args.batch_size, precision=args.precision, progress=not args.quiet,
+                    executor=opts, threads=args.threads)
     out = Path(args.out) if args.out else DEFAULT_OUT
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.json'} and {out / 'samples.png'}",
           file=sys.stderr)
+    missing = doc.get("missing", [])
+    if missing:
+        print(f"{len(missing)} of {len(doc['rows'])} jobs left no results: "
+              + "; ".join(f"{m['recipe']} / {m['image']}" for m in missing)
+              + f" (their logs: {out / 'logs'}); run the same command again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,5 +11,6 @@ Import the modules themselves (nothing is re-exported here):
 - `report`: the pictures (report page, samples figure), Pillow only.
 - `compare`: `compare_evaluations` / `compare`, paired differences between evaluations.
 - `suite`: `run_suite`, train and evaluate a run per picture and recipe; `tables` writes its results.
-- `commands`: the argparse side of the three commands, registered by `sinddm.cli`.
+- `suite_job`: one (picture, recipe) job of a suite; `run_job` runs it in a process of its own.
+- `cluster`: the suite's jobs through submitit (local processes, one GPU set each, or SLURM).
 """

@@ -8,22 +8,22 @@ for comparing recipes.
 
 from __future__ import annotations
 
-import json
+import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..checkpoint import load_model
+from ..devices import resolve_device
 from ..errors import UserError
-from .report import SUITE_SAMPLES_PER_ROW, render_suite_samples
-from .run import DEFAULT_NUM, check_inception_weights, evaluate_run, read_sample_dir, weights_key
-from .schema import EVAL_FORMAT, METRICS_FILE, TABLE_METRICS
-from .tables import paired_rows, write_tables
+from .cluster import ExecutorOptions, executor_options, gpu_slots, import_submitit, run_jobs, visible_gpu_ids
+from .report import render_suite_samples
+from .run import DEFAULT_NUM, check_inception_weights, weights_key
+from .suite_job import Sampling, cached_metrics, eval_key, result_row, run_job, run_state, train_and_evaluate
+from .tables import missing_row, paired_rows, write_tables
 
 DEFAULT_OUT = Path("runs") / "eval-suite"
 
@@ -32,34 +32,26 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-@dataclass
-class _Sampling:
-    """How every run of a suite is trained and evaluated."""
-    num: int
-    seed: int
-    device_name: str          # as given ('auto', 'cpu', 'cuda:1'): passed on to training
-    device: torch.device
-    batch_size: int | None
-    precision: str
-    inception_weights: str | Path | None
-    weights_key: str | None
-    progress: bool
-
-
 def run_suite(images_dir: str | Path, configs: Sequence[str | Path], out: str | Path | None = None, *,
               steps: int | None = None, num: int = DEFAULT_NUM, seed: int = 0, baseline: str | None = None,
               inception_weights: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
-              precision: str = "auto", progress: bool = True,
-              log: Callable[[str], None] = _stderr) -> dict:
+              precision: str = "auto", progress: bool = True, executor: str | ExecutorOptions = "inline",
+              threads: int | None = None, log: Callable[[str], None] = _stderr) -> dict:
     """Train (or reuse, or resume) and evaluate a run per picture in `images_dir` and recipe in
     `configs` (YAML files; a recipe is named after its file), then write the tables and
     samples.png into `out` (default runs/eval-suite). `steps` overrides the recipes' training
     steps; `baseline` names the recipe the others are compared with sample by sample (default:
     the first of several). Everything is checked before the first training starts; `log` gets
-    a line per step. Returns results.json's content."""
-    from ..devices import resolve_device
+    a line per step. Returns results.json's content; its 'missing' lists the jobs that failed.
 
-    dev = resolve_device(str(device))
+    `executor` ('inline', 'local', 'slurm' or ExecutorOptions): 'inline' runs the jobs one after
+    another in this process; the others run each (picture, recipe) job in a process of its own
+    through submitit (`cluster.run_jobs`), logging into OUT/logs/<recipe>/<image>.log, skip the
+    finished ones and go on past a failed one. `threads`: torch's CPU threads in each job."""
+    opts = executor if isinstance(executor, ExecutorOptions) else executor_options(executor=executor)
+    if opts.executor != "inline":
+        import_submitit()
+    dev = resolve_device(str(device)) if opts.executor != "slurm" else _check_device_name(str(device))
     check_inception_weights(inception_weights)
     images = _list_images(Path(images_dir))
     recipes = _recipes(configs, steps)
@@ -71,17 +63,21 @@ def run_suite(images_dir: str | Path, configs: Sequence[str | Path], out: str | 
     out = Path(out) if out else DEFAULT_OUT
     if out.exists() and not out.is_dir():
         raise UserError(f"suite folder '{out}': exists and is not a folder; choose another --out")
-    how = _Sampling(num, seed, str(device), dev, batch_size, precision, inception_weights,
-                    weights_key(inception_weights), progress)
+    how = Sampling(num, seed, str(device), dev, batch_size, precision, inception_weights,
+                   weights_key(inception_weights), progress)
     plan = [(r, img) for r in recipes for img in images]
     _check_pictures(images, {cfg.image.max_pixels for _, _, cfg in recipes})
+    if opts.executor == "local":
+        gpu_slots(opts, str(device), visible_gpu_ids())  # enough GPUs for --jobs, before anything runs
     # Check every existing run before the first (long) training starts.
-    states = {(name, img): _run_state(out / name / img.stem, cfg, img) for (name, _, cfg), img in plan}
+    states = {(name, img): run_state(out / name / img.stem, cfg, img) for (name, _, cfg), img in plan}
+    if opts.executor == "inline":
+        results = _run_inline(plan, states, out, how, threads, log)
+    else:
+        results = _run_jobs(plan, states, out, how, opts, threads, log)
     rows, figure, evals = [], [], {}
-    for k, ((name, cfg_path, cfg), img) in enumerate(plan, start=1):
-        tag = f"[{k}/{len(plan)}] {name} / {img.name}"
-        row, m, entry = _one_run(tag, name, cfg_path, cfg, img, out / name / img.stem, states[(name, img)],
-                                 how, log)
+    for (name, _, _), img in plan:
+        row, m, entry = results[(name, img)]
         rows.append(row)
         evals[(name, img.name)] = m
         if entry is not None:
@@ -92,55 +88,81 @@ def run_suite(images_dir: str | Path, configs: Sequence[str | Path], out: str | 
     return doc
 
 
-def _one_run(tag: str, name: str, cfg_path: Path, cfg, img: Path, run: Path, state: tuple[str, int],
-             how: _Sampling, log: Callable[[str], None]) -> tuple[dict, dict, tuple | None]:
-    """Train (unless complete) and evaluate (unless cached) one run: (table row, metrics, figure row)."""
-    mode, step = state
-    steps = cfg.train.steps
-    log(f"{tag}: " + {"new": f"training {steps} steps", "restart": f"training {steps} steps (restart)",
-                      "resume": f"resuming at step {step} -> {steps}",
-                      "complete": f"reusing the run (step {step})"}[mode])
-    train_s = None
-    if mode != "complete":
-        t0 = time.perf_counter()
-        _train_run(img, cfg_path, run, steps=steps, mode=mode, device=how.device_name, seed=how.seed,
-                   precision=how.precision, quiet=not how.progress)
-        train_s = time.perf_counter() - t0
-    loaded = load_model(run, how.device)
-    eval_dir = run / "eval"
-    m = _cached_metrics(eval_dir, _eval_key(loaded, how))
-    if m is None:
-        log(f"{tag}: evaluating {how.num} samples")
-        m = evaluate_run(loaded, eval_dir, num=how.num, seed=how.seed, samples_dir=None, start_t=None,
-                         device=how.device, batch_size=how.batch_size, precision=how.precision,
-                         inception_weights=how.inception_weights, progress=how.progress)
-    else:
-        log(f"{tag}: reusing {eval_dir / METRICS_FILE}")
-    h, w = m["training_image_hw"]
-    row = {"recipe": name, "image": img.name, "size": f"{w}x{h}", "scales": loaded.pyramid.n_scales,
-           "steps": loaded.step, "train_s": train_s, "samples": m["num_samples"]}
-    for key in TABLE_METRICS:
-        v = m["aggregate"].get(key)
-        row[key] = v if key == "pixel_diversity" else (v["mean"] if v else None)
-    row["skipped"] = m.get("skipped", {})
-    entry = None
-    if (eval_dir / "samples").is_dir():
-        label = [f"{name} / {img.stem}", f"{loaded.step} steps, SWD {row['swd']:.4g}"]
-        shown = min(SUITE_SAMPLES_PER_ROW, m["num_samples"])  # read only the PNGs the figure shows
-        entry = (label, loaded.pyramid.levels[-1], read_sample_dir(eval_dir / "samples", shown)[0])
-    return row, m, entry
+def _check_device_name(name: str) -> torch.device:
+    """For jobs that run elsewhere (SLURM): a valid name; the work here (reading runs) is on the CPU."""
+    if name not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise UserError(f"--device {name}: unknown device; use auto, cpu or cuda")
+    return torch.device("cpu")
 
 
-def _train_run(image: Path, config_path: Path, run_dir: Path, *, steps: int, mode: str, device: str, seed: int,
-               precision: str, quiet: bool) -> None:
-    """Train one run folder to `steps` steps: from scratch (mode 'new'; 'restart' replaces what an
-    interrupted first training left) or from its checkpoint (mode 'resume').
+def _run_inline(plan, states, out: Path, how: Sampling, threads: int | None, log) -> dict:
+    """Every job in this process, one after another (an error stops the suite)."""
+    if threads:
+        torch.set_num_threads(threads)
+    results = {}
+    for k, ((name, cfg_path, cfg), img) in enumerate(plan, start=1):
+        tag = f"[{k}/{len(plan)}] {name} / {img.name}"
+        run = out / name / img.stem
+        train_s, loaded, m = train_and_evaluate(tag, cfg_path, cfg.train.steps, img, run, states[(name, img)],
+                                                how, log)
+        row, entry = result_row(name, img, loaded, m, train_s, run / "eval")
+        results[(name, img)] = (row, m, entry)
+    return results
 
-    The one place eval-suite trains: `runs.train_run`, with every check `sinddm train` makes."""
-    from ..runs import train_run
 
-    train_run(image, run_dir, None if mode == "resume" else config_path, steps=steps, seed=seed, device=device,
-              precision=precision, resume=mode == "resume", overwrite=mode == "restart", progress=not quiet)
+def _run_jobs(plan, states, out: Path, how: Sampling, opts: ExecutorOptions, threads: int | None, log) -> dict:
+    """Every unfinished job through submitit; then the tables' rows from what the run folders hold."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    suite_log = open(out / "logs" / "suite.log", "a", buffering=1)
+
+    def both(line: str) -> None:
+        log(line)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=suite_log)
+
+    cpu = torch.device("cpu")
+    specs, keys = [], []
+    try:
+        both(f"eval-suite: {len(plan)} jobs, executor {opts.executor}, at most {opts.jobs} at once")
+        for k, ((name, cfg_path, cfg), img) in enumerate(plan, start=1):
+            tag, run = f"[{k}/{len(plan)}] {name} / {img.name}", out / name / img.stem
+            job_log = out / "logs" / name / f"{img.stem}.log"
+            if states[(name, img)][0] == "complete" and _finished(run, cfg.train.steps, how, cpu):
+                both(f"{tag}: finished, skipped (log {job_log})")
+                continue
+            keys.append((name, img))
+            specs.append({"tag": tag, "config": str(cfg_path.resolve()), "steps": cfg.train.steps,
+                          "image": str(img.resolve()), "run": str(run.resolve()), "state": states[(name, img)],
+                          "log": str(job_log.resolve()), "threads": threads, "num": how.num, "seed": how.seed,
+                          "device_name": how.device_name, "batch_size": how.batch_size, "precision": how.precision,
+                          "inception_weights": (str(Path(how.inception_weights).resolve())
+                                                if how.inception_weights else None)})
+        outcomes = (run_jobs(run_job, specs, opts, out / "logs" / "submitit", how.device_name, both)
+                    if specs else {})
+    finally:
+        suite_log.close()
+    done = {keys[i]: o for i, o in outcomes.items()}
+    results = {}
+    for (name, _, cfg), img in plan:
+        run = out / name / img.stem
+        ok, value = done.get((name, img), (True, None))
+        m = _finished(run, cfg.train.steps, how, cpu)
+        if m is None:
+            why = value if not ok else "no evaluation in the run folder"
+            results[(name, img)] = (missing_row(name, img.name, why), None, None)
+            continue
+        row, entry = result_row(name, img, load_model(run, cpu), m, value if ok else None, run / "eval")
+        results[(name, img)] = (row, m, entry)
+    return results
+
+
+def _finished(run: Path, steps: int, how: Sampling, device) -> dict | None:
+    """The run's cached metrics when it is trained to `steps` and evaluated the way `how` says, else None."""
+    from ..checkpoint import MODEL_FILE
+
+    if not (run / MODEL_FILE).is_file():
+        return None
+    loaded = load_model(run / MODEL_FILE, device)
+    return cached_metrics(run / "eval", eval_key(loaded, how)) if loaded.step == steps else None
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -184,70 +206,9 @@ def _recipes(paths: Sequence[str | Path], steps: int | None) -> list[tuple[str, 
         if name in seen:
             raise UserError(f"--config '{p}': another recipe is also named '{name}'; give configs distinct "
                             "file names (runs are stored per recipe name)")
+        if name == "logs":
+            raise UserError(f"--config '{p}': a recipe may not be named 'logs' (the suite keeps its job logs in "
+                            "OUT/logs); rename the file")
         seen.add(name)
         out.append((name, Path(p), cfg))
     return out
-
-
-def _same_except_steps(a, b) -> bool:
-    import copy
-
-    a, b = copy.deepcopy(a), copy.deepcopy(b)
-    a.train.steps = b.train.steps = 0
-    return a == b
-
-
-def _run_state(run: Path, cfg, image: Path) -> tuple[str, int]:
-    """('new' | 'complete' | 'resume' | 'restart', step) for the run folder of one job."""
-    from ..checkpoint import MODEL_FILE, TRAIN_STATE_FILE
-    from ..config import load_config
-    from ..image_io import load_rgb
-    from ..pyramid import build_pyramid
-
-    if not run.exists() or (run.is_dir() and not any(run.iterdir())):
-        return "new", 0
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"run folder '{run}': exists and is not a sinddm run; move it away or choose another --out")
-    try:
-        saved = load_config(run / "config.yaml")
-    except UserError:
-        saved = None
-    if saved is None or not _same_except_steps(saved, cfg):
-        raise UserError(f"run folder '{run}': was trained with a different recipe than the current config; "
-                        "choose another --out or delete that run")
-    if not (run / MODEL_FILE).is_file():
-        return "restart", 0  # interrupted before its first save
-    loaded = load_model(run / MODEL_FILE)
-    pyr = build_pyramid(load_rgb(image), cfg.image.max_pixels, name=f"image '{image}'")
-    if loaded.pyramid.sizes_hw != pyr.sizes_hw or not np.array_equal(loaded.pyramid.levels[-1], pyr.levels[-1]):
-        raise UserError(f"run folder '{run}': was trained on another picture than '{image}'; "
-                        "choose another --out or delete that run")
-    if loaded.step == cfg.train.steps:
-        return "complete", loaded.step
-    if loaded.step > cfg.train.steps:
-        raise UserError(f"run folder '{run}': was trained for {loaded.step} steps, more than the {cfg.train.steps} "
-                        f"asked for; pass --steps {loaded.step} or choose another --out")
-    if (run / TRAIN_STATE_FILE).is_file():
-        return "resume", loaded.step
-    return "restart", loaded.step
-
-
-def _eval_key(loaded, how: _Sampling) -> dict:
-    return {"model_step": loaded.step, "num_samples": how.num, "seed": how.seed,
-            "start_t": list(loaded.start_t), "inception_weights": how.weights_key}
-
-
-def _cached_metrics(eval_dir: Path, key: dict) -> dict | None:
-    f = eval_dir / METRICS_FILE
-    if not (f.is_file() and (eval_dir / "report.png").is_file()):
-        return None
-    try:
-        m = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-    if m.get("format") != EVAL_FORMAT or m.get("samples", {}).get("source") != "generated":
-        return None
-    have = {"model_step": m.get("model_step"), "num_samples": m.get("num_samples"),
-            "seed": m["samples"].get("seed"), "start_t": m["samples"].get("start_t"),
-            "inception_weights": m.get("inception_weights")}
-    return m if have == key else None

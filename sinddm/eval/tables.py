@@ -17,6 +17,14 @@ from .schema import METRIC_INFO, TABLE_METRICS, json_clean, plus_minus
 
 
 TABLE_COLUMNS = ["recipe", "image", "size", "scales", "steps", "train_s", "samples"] + TABLE_METRICS
+CSV_COLUMNS = TABLE_COLUMNS + ["status"]   # 'ok', or 'missing: <why>' for a job without results
+
+
+def missing_row(recipe: str, image: str, why: str) -> dict:
+    """The row of a job that left no results (failed, killed, not run): every value empty."""
+    row = {c: None for c in TABLE_COLUMNS}
+    row.update(recipe=recipe, image=image, skipped={}, status=f"missing: {why}")
+    return row
 
 
 def _mean_rows(rows: list[dict], recipes) -> list[dict]:
@@ -48,6 +56,10 @@ def paired_rows(evals: dict, baseline: str, recipes: list[str], images: list[str
             continue
         mine = []
         for img in images:
+            if evals.get((baseline, img)) is None or evals.get((name, img)) is None:  # a job left no results
+                mine.append({"recipe": name, "image": img, "pairs": 0, "pixel_diversity": None,
+                             **{k: None for k in PAIRED_METRICS}})
+                continue
             c = compare(evals[(baseline, img)], evals[(name, img)], f"{baseline}/{img}", f"{name}/{img}")
             row = {"recipe": name, "image": img, "pairs": c["pairs"]}
             for k in PAIRED_METRICS:
@@ -109,16 +121,21 @@ def write_tables(out: Path, rows: list[dict], recipes, *, num: int, seed: int, b
     means = _mean_rows(rows, recipes)
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(TABLE_COLUMNS)
+    wr.writerow(CSV_COLUMNS)
     for r in rows + means:
+        r.setdefault("status", "ok")
         wr.writerow(["" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])
-                     for c in TABLE_COLUMNS])
+                     for c in CSV_COLUMNS])
     (out / "results.csv").write_text(buf.getvalue())
     lines = _markdown(rows, means, recipes, num, seed)
     if paired:
         lines += _paired_lines(baseline, paired, num, seed)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     doc = {"rows": rows, "means": means}
+    missing = [{"recipe": r["recipe"], "image": r["image"], "why": r["status"][len("missing: "):]}
+               for r in rows if r["status"] != "ok"]
+    if missing:
+        doc["missing"] = missing
     if paired:
         doc["paired"] = {"baseline": baseline, "rows": paired}
     (out / "results.json").write_text(json.dumps(json_clean(doc), indent=1) + "\n")
@@ -136,7 +153,14 @@ def _markdown(rows: list[dict], means: list[dict], recipes, num: int, seed: int)
              "| " + " | ".join(headers.get(c, c) for c in TABLE_COLUMNS) + " |",
              "|" + "|".join("---" if c in ("recipe", "image") else "---:" for c in TABLE_COLUMNS) + "|"]
     for r in rows + means:
-        lines.append("| " + " | ".join(_fmt_cell(c, r.get(c)) for c in TABLE_COLUMNS) + " |")
+        cells = [_fmt_cell(c, r.get(c)) for c in TABLE_COLUMNS]
+        if r.get("status", "ok") != "ok":
+            cells[2:] = ["missing"] + ["–"] * (len(cells) - 3)
+        lines.append("| " + " | ".join(cells) + " |")
+    gone = [f"{r['recipe']} / {r['image']} ({r['status'][len('missing: '):]})" for r in rows if r["status"] != "ok"]
+    if gone:
+        lines += ["", "Missing (no results; run the same command again to retry them, finished jobs are kept): "
+                  + "; ".join(gone) + "."]
     reasons = sorted({f"{k}: {v}" for r in rows for k, v in r["skipped"].items()})
     if reasons:
         lines += ["", "Skipped: " + "; ".join(reasons) + "."]
