@@ -70,10 +70,11 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
              cuda_graphs: bool | None = None, scale0_steps: int | None = None) -> list[torch.Tensor]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid.
 
-    precision 'auto'/'fast' on CUDA: bf16 network, channels_last, one CUDA graph per scale
-    loop; on an x86 CPU: fp32 with channels_last (`sinddm.fast.sampling_options`); 'fp32' is
-    the exact path the golden tests pin. The noise is the same for every precision:
-    batch b always draws from its own generator seeded with `batch_seed(seed, b)`.
+    precision 'auto'/'fast': the device's fast path (`sinddm.fast.sampling_options`): a bf16
+    network in channels_last (on a CPU, bf16 only where native), one CUDA graph per scale
+    loop on CUDA; 'fp32' is the exact path the golden tests pin. The noise is the same for
+    every precision (drawn in fp32): batch b always draws from its own generator seeded
+    with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     """
     from .training import resolve_precision
