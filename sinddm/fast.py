@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .fast_cpu import cpu_bf16_native, cpu_channels_last_pays  # noqa: F401 (tests patch it here)
+from .fast_cpu import cpu_bf16_native, cpu_channels_last_pays, fused_denoiser  # tests patch the first two here
 from .samplers import (PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_scale_from_noise)
 from .schedule import Schedule
 
@@ -141,7 +141,8 @@ _INFERENCE_NETS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKey
 
 def inference_net(model: nn.Module, opts: FastOptions) -> FastNet:
     """A sampling network: a bf16 copy of `model` when autocasting (so no weight casts run
-    per step: the arithmetic is what autocast would do), channels_last, maybe compiled.
+    per step: the arithmetic is what autocast would do), channels_last, maybe compiled; on
+    the CPU fast path with oneDNN's fused convolutions (`fast_cpu.FusedDenoiser`).
 
     Cached per model while its weights are unchanged (same storage, no in-place update), so
     repeated `generate` calls (`sinddm run`, evaluations) compile each shape once."""
@@ -158,6 +159,8 @@ def inference_net(model: nn.Module, opts: FastOptions) -> FastNet:
             net = net.to(memory_format=torch.channels_last)
     if opts.compile:
         net = compile_module(net)
+    elif opts.cpu_kernels and opts.channels_last and next(model.parameters()).device.type == "cpu":
+        net = fused_denoiser(net, torch.bfloat16 if opts.autocast else torch.float32) or net
     _INFERENCE_NETS[model] = (key, FastNet(net, opts.autocast, opts.channels_last))
     return _INFERENCE_NETS[model][1]
 

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import LoadedModel
 from .fast import FastPyramidSampler, prepare_backends, sampling_options
+from .fast_cpu import keep_freed_memory
 from .samplers import sample_pyramid
 from .schedule import Schedule
 
@@ -81,6 +82,8 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
 
     device = torch.device(device)
     resolve_precision(precision, device)  # rejects unknown names
+    if device.type == "cpu":
+        keep_freed_memory()  # every precision: no number changes, page faults go
     model = loaded.model.to(device).eval()
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)

@@ -41,7 +41,7 @@ from .config import Config, config_from_dict, scale_batch_size, scale_batch_size
 from .errors import TrainingStopped, UserError
 from .fast import (FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, has_fast_path, prepare_backends,
                    retarget_adam)
-from .fast_cpu import use_fast_depthwise
+from .fast_cpu import keep_freed_memory, use_fast_depthwise
 from .model import Denoiser
 from .pyramid import Pyramid
 from .schedule import Schedule, blend_gammas
@@ -162,6 +162,8 @@ class Trainer:
         if self.fast is not None:
             self.precision = "fast"
             prepare_backends(device)
+        if device.type == "cpu":
+            keep_freed_memory()  # every precision: no number changes, page faults go
         self.out_dir = Path(out_dir)
         self.seed, self.source = seed, source
         tc = config.train

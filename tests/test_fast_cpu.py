@@ -2,6 +2,11 @@
 gradient, native-bf16 detection, the trainer and sampler on the CPU fast path, and how
 close they stay to the exact fp32 path. Speed is measured by benchmarks/speed.py."""
 
+import copy
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +15,12 @@ from PIL import Image
 from torch import nn
 
 import sinddm.fast as fast_module
+import sinddm.fast_cpu as fast_cpu_module
 from sinddm.checkpoint import LoadedModel, load_model
 from sinddm.config import config_from_dict
 from sinddm.fast import FastOptions, inference_net
-from sinddm.fast_cpu import ENV_BF16, FastDepthwiseConv2d, _block, cpu_bf16_native, use_fast_depthwise
+from sinddm.fast_cpu import (ENV_BF16, ENV_MALLOC, FastDepthwiseConv2d, FusedDenoiser, _block, cpu_bf16_native, fused_denoiser,
+                             keep_freed_memory, use_fast_depthwise)
 from sinddm.model import Denoiser
 from sinddm.pipeline import generate
 from sinddm.pyramid import build_pyramid
@@ -128,6 +135,41 @@ def test_bf16_detection_and_override(monkeypatch):
     assert cpu_bf16_native() is True
 
 
+_FAULTS = """
+import resource, torch
+from sinddm.fast_cpu import keep_freed_memory
+from sinddm.model import Denoiser
+from sinddm.samplers import sample_pyramid
+from sinddm.schedule import Schedule
+applied = keep_freed_memory()
+torch.manual_seed(0)
+net, sch = Denoiser(16).eval(), Schedule.cosine()
+sample_pyramid(net, sch, torch.zeros(1, 100), [(40, 50), (96, 120)], [2, 2], 4)
+n0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+sample_pyramid(net, sch, torch.zeros(1, 100), [(40, 50), (96, 120)], [10, 10], 4)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - n0)
+"""
+
+
+def _page_faults(env_value: str) -> tuple[str, int]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{ENV_MALLOC: env_value})
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+    applied, faults = out.stdout.split()
+    return applied, int(faults)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_stops_refaulting_activations(monkeypatch):
+    """Sampling (20 network calls, warmed up): with glibc's defaults the activations are page-faulted
+    in afresh at every call; kept for reuse, hardly any page is."""
+    default, kept = _page_faults("0"), _page_faults("1")
+    assert default[0] == "False" and kept[0] == "True"
+    assert kept[1] < default[1] / 10, (default, kept)
+    monkeypatch.setattr(fast_cpu_module, "_malloc_state", {})
+    monkeypatch.setenv(ENV_MALLOC, "0")
+    assert keep_freed_memory() is False  # opted out: nothing is called
+
+
 # -- the trainer ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -197,6 +239,35 @@ def test_cpu_fast_network_within_stated_tolerance(pyramid, cpu_fast_path):
             ref, out = model(x, t, s), net(x, t, s)
         rel = ((out - ref).norm() / ref.norm()).item()
         assert out.dtype == torch.float32 and 0 < rel < NET_REL_L2, (s, rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_denoiser_is_the_denoiser(dtype):
+    """oneDNN's fused conv+GELU and conv+residual, and the conditioning bias folded into the
+    depthwise bias when the batch shares t and s: the plain network's outputs (to rounding)."""
+    torch.manual_seed(3)
+    model = Denoiser(16).eval()
+    net = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last)
+    fused = fused_denoiser(net, dtype)
+    if fused is None:
+        pytest.skip("this torch build has no oneDNN fused convolutions")
+    x = torch.randn(3, 3, 13, 17).contiguous(memory_format=torch.channels_last)
+    tol = 1e-5 if dtype == torch.float32 else NET_REL_L2
+    for t, s in ((torch.tensor([40, 40, 40]), 2), (torch.tensor([5, 40, 99]), 1),
+                 (torch.tensor([7, 7, 7]), torch.tensor([0, 1, 1]))):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            ref, out = model(x, t, s), fused(x, t, s)
+        assert out.dtype == dtype and out.shape == ref.shape
+        assert ((out.float() - ref).norm() / ref.norm()).item() < tol, (t, s)
+    assert fused_denoiser(nn.Conv2d(3, 3, 1), dtype) is None  # anything else: no fused version
+
+
+def test_cpu_fast_sampling_net_is_fused(cpu_fast_path):
+    cpu_fast_path(True)
+    model = Denoiser(8).eval()
+    net = inference_net(model, FastOptions.for_device(CPU, compile=False)).net
+    assert type(net) is (FusedDenoiser if fused_denoiser(model, torch.float32) is not None else Denoiser)
+    assert next(net.parameters()).dtype == torch.bfloat16
 
 
 def test_cpu_fast_generate_seeds_and_cache(pyramid, cpu_fast_path):
