@@ -100,9 +100,9 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
                         "larger batches are slower per image)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
-                   help="fast: bf16 network and CUDA graphs on a GPU, fp32 in channels_last layout on an x86 "
-                        "CPU (samples within 1e-4 of fp32's, 12-33%% faster measured); fp32: the exact path "
-                        "(default auto: fast)")
+                   help="fast: the network in bf16 and channels_last, with CUDA graphs on a GPU and oneDNN's "
+                        "fused convolutions on an x86 CPU (bf16 only where the CPU has it natively, else fp32; "
+                        "docs/cpu-fast-path.md); fp32: the exact path (default auto: fast where the device has it)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default auto)")
     t.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     t.add_argument("--precision", choices=["auto", "fp32", "fast"], default="auto",
-                   help="fast: bf16 autocast and CUDA graphs on GPU; fp32: the exact reference arithmetic "
-                        "(default auto: fast on CUDA, fp32 on CPU)")
+                   help="fast: bf16 autocast (fp32 weights) and channels_last, with CUDA graphs on a GPU, bf16 only "
+                        "where native on a CPU; fp32: the exact reference arithmetic (default auto: fast where "
+                        "the device has it; on --resume, the precision the run was trained in)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -431,6 +431,7 @@ class Trainer:
             "loss_window": {"sum": float(self._win_sum), "applied": int(self._win_ok), "steps": self._win_steps,
                             "provisional_row": self._provisional_row},
             "nonfinite": {"run": int(self._bad_run), "total": int(self._bad_total)},
+            "precision": self.precision,  # what 'auto' resumes with
         }
 
     def save(self) -> None:
@@ -468,11 +469,17 @@ class Trainer:
 
         `config` may change only `train.steps` (and other train-loop lengths); anything
         that changes the model or the data must match the checkpoint.
+
+        precision 'auto' continues in the precision the run was trained in, so a run is never
+        switched between bf16 and fp32 halfway by a default (a checkpoint that does not say was
+        written when a CPU trained in fp32 only); 'fp32' or 'fast' choose.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"--resume: no run folder '{run_dir}'; start without --resume")
         state, path, note = load_latest_train_state(run_dir)
+        if precision == "auto":
+            precision = state.get("precision") or ("fp32" if torch.device(device).type == "cpu" else "auto")
         saved = config_from_dict(state["config"], source=f"checkpoint '{path}'")
         if config is not None:
             if config.model != saved.model or config.image != saved.image:

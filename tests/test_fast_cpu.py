@@ -299,3 +299,25 @@ def test_threads_are_left_as_the_caller_set_them(pyramid, cpu_fast_path):
     loaded = LoadedModel(model=tr.model, pyramid=pyramid, config=tiny_config(), step=0, path=Path("x"))
     generate(loaded, 1, pyramid.sizes_hw, [3, 2], progress=False, precision="auto")
     assert torch.get_num_threads() == before
+
+
+def test_resume_auto_continues_in_the_runs_precision(pyramid, tmp_path, cpu_fast_path):
+    """'auto' never switches a run between precisions halfway; a checkpoint from before the CPU
+    fast path (no record) was trained in fp32 on a CPU, so it continues in fp32 there."""
+    from sinddm.checkpoint import state_checksum
+
+    cpu_fast_path(True)
+    for p in ("fp32", "fast"):
+        tr = Trainer(tiny_config(), pyramid, tmp_path / p, CPU, seed=1, precision=p)
+        tr.train_step()
+        (tmp_path / p).mkdir()
+        tr.save()
+        assert Trainer.resume(tmp_path / p, CPU, precision="auto").precision == p
+        other = {"fp32": "fast", "fast": "fp32"}[p]
+        assert Trainer.resume(tmp_path / p, CPU, precision=other).precision == other  # asked for: given
+    ckpt = tmp_path / "fast" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["precision"], state["checksum"]
+    state["checksum"] = state_checksum(state)
+    torch.save(state, ckpt)
+    assert Trainer.resume(tmp_path / "fast", CPU, precision="auto").precision == "fp32"
