@@ -16,8 +16,10 @@ measured on (50x62 .. 200x249). Modes:
   --coarse-batches 128,64 adds a 'fast-coarse' training job: the fast mode with bigger
   batches at the coarsest scales (train.coarse_batch_sizes), i.e. what that recipe lever
   costs per step on this card.
-CPU plan: configs/smoke.yaml and configs/cpu.yaml (if present) on assets/rocket.jpg,
-fp32 and fast (which falls back to fp32 off CUDA), and bf16 agreement emulated on the CPU.
+CPU plan (no CUDA, or --device cpu): benchmarks/speed_cpu.py, which takes the options
+listed there: configs/smoke.yaml, cpu.yaml and small.yaml, fp32 against the CPU fast path,
+alternating in one process, training ms/step per scale and sampling 4 images; --main-job
+times the README's main job.
 
 Every job runs in its own Python process with a timeout, so a failing variant
 (a crash, a CUDA error, a hang) is recorded and the others still run. Results are
@@ -636,22 +638,7 @@ def plan(args, cuda: bool) -> list[tuple[dict, float]]:
         if "compile" in args.modes:
             jobs.append((dict(base, name="compile", kind="mode", mode="compile"), 10_000))
         return jobs
-    base.update(device="cpu", train_warmup=1, train_repeats=1 if q else 3, train_steps=2 if q else 5,
-                sample_repeats=1 if q else 2, sample_batch=SAMPLE_BATCH,
-                skip_train=args.skip_train, skip_sample=args.skip_sample)
-    jobs.append((dict(base, name="info", kind="info"), 60))
-    for cfg in ("configs/smoke.yaml", "configs/cpu.yaml"):
-        if not (REPO / cfg).is_file():
-            print(f"note: {cfg} not found; skipped", flush=True)
-            continue
-        tag = Path(cfg).stem
-        for m in ("fp32", "fast"):
-            if m in args.modes:
-                jobs.append((dict(base, name=f"{tag}/{m}", kind="mode", mode=m, config=cfg), 900))
-    if not args.skip_agree:
-        jobs.append((dict(base, name="smoke/agree-bf16-emulated", kind="agree", config="configs/smoke.yaml",
-                          agree_steps=4 if q else 10), 600))
-    return jobs
+    raise AssertionError("the CPU plan is benchmarks/speed_cpu.py")  # main() hands it over
 
 
 def _f(v, nd=2) -> str:
@@ -772,7 +759,26 @@ def write_json(path: Path, report: dict) -> None:
     os.replace(tmp, path)
 
 
+def _cpu_plan(argv) -> bool:
+    """No CUDA to measure (or --device cpu): the CPU plan, in benchmarks/speed_cpu.py."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", default="auto")
+    pre.add_argument("--worker", nargs=2)
+    known, _ = pre.parse_known_args(argv)
+    if known.worker:
+        return False
+    import torch
+
+    return known.device == "cpu" or (known.device == "auto" and not torch.cuda.is_available())
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _cpu_plan(argv):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from speed_cpu import main as cpu_main
+
+        return cpu_main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})")
     p.add_argument("--quick", action="store_true", help="fewer repeats")

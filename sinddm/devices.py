@@ -44,12 +44,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is 'fast' on CUDA and 'fp32' elsewhere; 'fast' falls back to fp32 off CUDA."""
+    """'auto' and 'fast' are the device's fast path (`fast.FastOptions.for_device`: CUDA, or an x86
+    CPU with oneDNN), and 'fp32' where it has none; 'fp32' is the exact path."""
+    from .fast import has_fast_path
+
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: use auto, fp32 or fast")
-    if device.type != "cuda":
+    if precision == "fp32":
         return "fp32"
-    return "fast" if precision == "auto" else precision
+    return "fast" if has_fast_path(torch.device(device)) else "fp32"
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -1,11 +1,10 @@
-"""The CUDA fast path ('--precision fast'): bf16 autocast, channels_last, CUDA graphs,
-fused Adam, sync-free EMA and an opt-in torch.compile. On an x86 CPU, sampling's fast
-path is channels_last alone, in fp32 (`sampling_options`).
+"""The fast path ('--precision fast', the default): bf16 autocast and channels_last; on CUDA
+also CUDA graphs, fused Adam and a sync-free EMA; on an x86 CPU bf16 only where it is
+native, plus a faster depthwise weight gradient (`sinddm.fast_cpu`); torch.compile opt-in.
 
 Only the network runs in bf16: noise-schedule and sampler arithmetic stay float32 and
-the network's output is cast back to float32 before it is used. Everything here is
-device-agnostic Python that tests exercise on the CPU with graphs and autocast off;
-the CUDA-only parts (graph capture, bf16) switch on through `FastOptions`.
+the network's output is cast back to float32 before it is used. The CUDA-only parts
+(graph capture) switch on through `FastOptions`; tests run the rest on the CPU.
 
 What is graphed, and why (see also method §4-5):
 - Training: the forward + backward of one step, one CUDA graph per scale (each scale
@@ -27,14 +26,15 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .fast_cpu import cpu_bf16_native, cpu_channels_last_pays, fused_denoiser  # tests patch the first two here
 from .samplers import (PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_scale_from_noise)
 from .schedule import Schedule
 
@@ -51,46 +51,49 @@ def _env_flag(name: str, default: bool) -> bool:
 
 @dataclass(frozen=True)
 class FastOptions:
-    """Which fast-path features are on. On the CPU only tests build these by hand."""
+    """Which fast-path features are on (`for_device` picks them; tests build others by hand)."""
 
     autocast: bool = True        # bf16 autocast for the network
-    channels_last: bool = True   # NHWC model and inputs (tensor-core friendly convs)
+    channels_last: bool = True   # NHWC model and inputs (tensor-core / oneDNN friendly convs)
     graphs: bool = True          # CUDA graphs
     compile: bool = False        # torch.compile(dynamic=False): one graph per input shape
+    cpu_kernels: bool = False    # CPU training: fast_cpu's depthwise weight gradient, fused Adam
+
+    @property
+    def active(self) -> bool:
+        return self.autocast or self.channels_last or self.graphs or self.compile or self.cpu_kernels
 
     @classmethod
     def for_device(cls, device: torch.device, compile: bool | None = None,
                    graphs: bool | None = None) -> "FastOptions":
-        """The fast path for `device`: everything on CUDA (compile opt-in), nothing elsewhere."""
-        cuda = torch.device(device).type == "cuda"
+        """The fast path for `device`. CUDA: everything (compile opt-in). An x86 CPU with oneDNN:
+        channels_last, bf16 autocast only where the CPU has native bf16, the CPU training kernels
+        (compile opt-in: it costs more than it saves there, docs/cpu-fast-path.md).
+        Anything else: nothing (`active` is False, i.e. the fp32 path)."""
+        device = torch.device(device)
         compile = _env_flag(ENV_COMPILE, False) if compile is None else compile
-        graphs = _env_flag(ENV_GRAPHS, True) if graphs is None else graphs
-        return cls(autocast=cuda, channels_last=cuda, graphs=graphs and cuda, compile=compile and cuda)
+        if device.type == "cuda":
+            graphs = _env_flag(ENV_GRAPHS, True) if graphs is None else graphs
+            return cls(autocast=True, channels_last=True, graphs=graphs, compile=compile)
+        if device.type == "cpu" and cpu_channels_last_pays():
+            return cls(autocast=cpu_bf16_native(), channels_last=True, graphs=False, compile=compile,
+                       cpu_kernels=True)
+        return cls(autocast=False, channels_last=False, graphs=False, compile=False)
 
 
-def cpu_channels_last_pays() -> bool:
-    """Whether NHWC convolutions run faster here: oneDNN on an x86 CPU (measured, see
-    docs/fast-sampling.md); elsewhere (ARM builds, no oneDNN) it is unmeasured, so no."""
-    return torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+def has_fast_path(device: torch.device) -> bool:
+    """Whether 'fast' differs from 'fp32' on `device`."""
+    return FastOptions.for_device(device, compile=False, graphs=False).active
 
 
 def sampling_options(precision: str, device: torch.device, compile: bool | None = None,
                      graphs: bool | None = None) -> FastOptions | None:
-    """The fast-path features sampling uses for `precision`, or None for the exact fp32 path.
-
-    'auto'/'fast' on CUDA: everything (`FastOptions.for_device`). On an x86 CPU with oneDNN:
-    fp32 with channels_last only, the same arithmetic summed in another order (samples
-    within ~1e-4 of the exact path's) and 12-33 % faster (docs/fast-sampling.md). Training
-    on a CPU stays plain: NHWC made width-160 training steps slower there.
-    """
-    device = torch.device(device)
+    """The fast-path features sampling uses for `precision` ('auto'/'fast': those of
+    `FastOptions.for_device`, as training does), or None for the exact fp32 path."""
     if precision == "fp32":
         return None
-    if device.type == "cuda":
-        return FastOptions.for_device(device, compile=compile, graphs=graphs)
-    if device.type == "cpu" and cpu_channels_last_pays():
-        return FastOptions(autocast=False, channels_last=True, graphs=False, compile=False)
-    return None
+    opts = FastOptions.for_device(device, compile=compile, graphs=graphs)
+    return opts if opts.active else None
 
 
 def prepare_backends(device: torch.device) -> None:
@@ -132,9 +135,21 @@ class FastNet:
         return out.float()
 
 
+# model -> (key, FastNet): one inference copy (and compiled code) per model and weights in a process
+_INFERENCE_NETS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
 def inference_net(model: nn.Module, opts: FastOptions) -> FastNet:
     """A sampling network: a bf16 copy of `model` when autocasting (so no weight casts run
-    per step: the arithmetic is what autocast would do), channels_last, maybe compiled."""
+    per step: the arithmetic is what autocast would do), channels_last, maybe compiled; on
+    the CPU fast path with oneDNN's fused convolutions (`fast_cpu.FusedDenoiser`).
+
+    Cached per model while its weights are unchanged (same storage, no in-place update), so
+    repeated `generate` calls (`sinddm run`, evaluations) compile each shape once."""
+    key = (opts, tuple((p.data_ptr(), p._version, p.device) for p in model.parameters()))
+    hit = _INFERENCE_NETS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
     net = model
     if opts.autocast or opts.channels_last:
         net = copy.deepcopy(model).eval()
@@ -144,7 +159,10 @@ def inference_net(model: nn.Module, opts: FastOptions) -> FastNet:
             net = net.to(memory_format=torch.channels_last)
     if opts.compile:
         net = compile_module(net)
-    return FastNet(net, opts.autocast, opts.channels_last)
+    elif opts.cpu_kernels and opts.channels_last and next(model.parameters()).device.type == "cpu":
+        net = fused_denoiser(net, torch.bfloat16 if opts.autocast else torch.float32) or net
+    _INFERENCE_NETS[model] = (key, FastNet(net, opts.autocast, opts.channels_last))
+    return _INFERENCE_NETS[model][1]
 
 
 # -- EMA --------------------------------------------------------------------------------------

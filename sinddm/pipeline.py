@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .checkpoint import LoadedModel
 from .devices import auto_batch_size, resolve_precision
 from .fast import FastPyramidSampler, prepare_backends, sampling_options
+from .fast_cpu import keep_freed_memory
 from .samplers import sample_pyramid
 from .schedule import Schedule
 
@@ -51,14 +52,17 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
              cuda_graphs: bool | None = None, scale0_steps: int | None = None) -> list[torch.Tensor]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid.
 
-    precision 'auto'/'fast' on CUDA: bf16 network, channels_last, one CUDA graph per scale
-    loop; on an x86 CPU: fp32 with channels_last (`sinddm.fast.sampling_options`); 'fp32' is
-    the exact path the golden tests pin. The noise is the same for every precision:
-    batch b always draws from its own generator seeded with `batch_seed(seed, b)`.
+    precision 'auto'/'fast': the device's fast path (`sinddm.fast.sampling_options`): a bf16
+    network in channels_last (on a CPU, bf16 only where native), one CUDA graph per scale
+    loop on CUDA; 'fp32' is the exact path the golden tests pin. The noise is the same for
+    every precision (drawn in fp32): batch b always draws from its own generator seeded
+    with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     """
     device = torch.device(device)
     resolve_precision(precision, device)  # rejects unknown names
+    if device.type == "cpu":
+        keep_freed_memory()  # every precision: no number changes, page faults go
     model = loaded.model.to(device).eval()
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)

@@ -29,7 +29,9 @@ from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
 from .config import Config, config_from_dict, scale_batch_size, scale_batch_sizes
 from .devices import resolve_precision
 from .errors import TrainingStopped, UserError
-from .fast import FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends, retarget_adam
+from .fast import (FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends,
+                   retarget_adam)
+from .fast_cpu import keep_freed_memory, use_fast_depthwise
 from .model import Denoiser
 from .numeric_guard import NonFiniteGuard, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: part of this module's API)
 from .pyramid import Pyramid
@@ -90,11 +92,11 @@ class _StopRequests:
 class Trainer(NonFiniteGuard):
     """Owns the model, its EMA, the optimizer and every RNG, and writes a run folder.
 
-    precision 'fast' (CUDA only; elsewhere it is fp32) runs the network in bf16 with
-    channels_last, CUDA graphs and fused Adam (see `sinddm.fast`); `compile` and
-    `cuda_graphs` override the SINDDM_COMPILE / SINDDM_CUDA_GRAPHS environment switches.
-    `fast_options` forces the fast machinery with the given features on any device
-    (tests use it on the CPU).
+    precision 'fast' runs the network with channels_last and bf16 autocast (on a CPU only
+    where bf16 is native), fused Adam, CUDA graphs on CUDA and the fast depthwise gradient
+    on a CPU (see `sinddm.fast`); weights, Adam and the EMA stay fp32. `compile`
+    and `cuda_graphs` override the SINDDM_COMPILE / SINDDM_CUDA_GRAPHS environment switches.
+    `fast_options` forces the fast machinery with the given features on any device (tests).
     """
 
     def __init__(self, config: Config, pyramid: Pyramid, out_dir: str | Path, device: torch.device,
@@ -109,6 +111,8 @@ class Trainer(NonFiniteGuard):
         if self.fast is not None:
             self.precision = "fast"
             prepare_backends(device)
+        if device.type == "cpu":
+            keep_freed_memory()  # every precision: no number changes, page faults go
         self.out_dir = Path(out_dir)
         self.seed, self.source = seed, source
         tc = config.train
@@ -116,12 +120,20 @@ class Trainer(NonFiniteGuard):
         self.model = Denoiser(config.model.dim).to(device)
         if self.fast is not None and self.fast.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.fast is not None and self.fast.cpu_kernels:
+            use_fast_depthwise(self.model)  # same parameters and state-dict keys
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
         self._ema_count: int | None = None  # host mirror of ema.n_averaged (read once, lazily)
-        # Fused Adam on CUDA in fast mode: one multi-tensor kernel, no host sync; learning
+        # Fused Adam in fast mode (CUDA; a CPU with the fast path's kernels): one multi-tensor
+        # kernel, no host sync on CUDA, a quarter of the for-loop Adam's time on a CPU; learning
         # rates stay Python floats, so the scheduler and checkpoints are as in fp32 runs.
-        self._fused = True if (self.fast is not None and device.type == "cuda") else None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self._fused)
+        fused = self.fast is not None and (device.type == "cuda" or self.fast.cpu_kernels)
+        self._fused = True if fused else None
+        try:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self._fused)
+        except RuntimeError:  # a torch without fused Adam for this device: the for-loop one
+            self._fused = None
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.lr_scheduler = MultiStepLR(self.optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
         # Scale choice on a CPU generator (no device sync); t and noise on the device's.
         self.scale_gen = torch.Generator().manual_seed(seed)
@@ -178,7 +190,7 @@ class Trainer(NonFiniteGuard):
                 "channels_last": self.fast.channels_last, "compile": self.fast.compile,
                 "cuda_graphs": bool(st.use_graphs) if st is not None else self.fast.graphs,
                 "graph_fallback": st.fallback_reason if st is not None else None,
-                "fused_adam": bool(self._fused)}
+                "fused_adam": bool(self._fused), "cpu_kernels": self.fast.cpu_kernels}
 
     def train_step(self, scale: int | None = None) -> torch.Tensor:
         """One optimizer step; `scale` forces the scale (benchmarks) instead of drawing it."""
@@ -289,6 +301,7 @@ class Trainer(NonFiniteGuard):
             "loss_window": {"sum": float(self._win_sum), "applied": int(self._win_ok), "steps": self._win_steps,
                             "provisional_row": self._provisional_row},
             "nonfinite": {"run": int(self._bad_run), "total": int(self._bad_total)},
+            "precision": self.precision,  # what 'auto' resumes with
         }
 
     def save(self) -> None:
@@ -325,11 +338,17 @@ class Trainer(NonFiniteGuard):
 
         `config` may change only `train.steps` (and other train-loop lengths); anything
         that changes the model or the data must match the checkpoint.
+
+        precision 'auto' continues in the precision the run was trained in, so a run is never
+        switched between bf16 and fp32 halfway by a default (a checkpoint that does not say was
+        written when a CPU trained in fp32 only); 'fp32' or 'fast' choose.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"--resume: no run folder '{run_dir}'; start without --resume")
         state, path, note = load_latest_train_state(run_dir)
+        if precision == "auto":
+            precision = state.get("precision") or ("fp32" if torch.device(device).type == "cpu" else "auto")
         saved = config_from_dict(state["config"], source=f"checkpoint '{path}'")
         if config is not None:
             if config.model != saved.model or config.image != saved.image:

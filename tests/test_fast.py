@@ -57,11 +57,16 @@ def assert_same_state(a: Trainer, b: Trainer, exact: bool = True):
 
 # -- fallbacks ------------------------------------------------------------------------------------
 
-def test_fast_resolves_to_fp32_off_cuda():
-    assert resolve_precision("fast", CPU) == "fp32"
-    assert resolve_precision("auto", CPU) == "fp32"
+def test_precision_resolves_per_device(monkeypatch):
+    """'auto'/'fast' are the device's fast path where it has one, fp32 where it has none."""
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: True)
+    assert resolve_precision("fast", CPU) == resolve_precision("auto", CPU) == "fast"
+    assert resolve_precision("fp32", CPU) == "fp32"
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: False)  # e.g. an ARM build
+    assert resolve_precision("fast", CPU) == resolve_precision("auto", CPU) == "fp32"
     opts = FastOptions.for_device(CPU, compile=True, graphs=True)
-    assert not (opts.autocast or opts.channels_last or opts.graphs or opts.compile)
+    assert not opts.active
+    assert resolve_precision("auto", torch.device("cuda")) == "fast"  # describes CUDA; touches no GPU
 
 
 def test_env_switches(monkeypatch):
@@ -72,7 +77,8 @@ def test_env_switches(monkeypatch):
     assert not FastOptions.for_device(torch.device("cuda"), compile=False).compile
 
 
-def test_trainer_precision_fast_on_cpu_is_exactly_fp32(pyramid, tmp_path):
+def test_trainer_precision_fast_without_a_cpu_fast_path_is_exactly_fp32(pyramid, tmp_path, monkeypatch):
+    monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: False)
     cfg = tiny_config()
     a = Trainer(cfg, pyramid, tmp_path / "a", CPU, seed=3, precision="fp32")
     b = Trainer(cfg, pyramid, tmp_path / "b", CPU, seed=3, precision="fast")
@@ -88,16 +94,22 @@ def test_sampling_options_per_device(monkeypatch):
     assert sampling_options("auto", cuda) == FastOptions.for_device(cuda)
     assert sampling_options("fast", cuda, compile=True).compile
     monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: True)
-    cpu = sampling_options("auto", CPU, compile=True, graphs=True)
-    assert cpu == FastOptions(autocast=False, channels_last=True, graphs=False, compile=False)
+    for native in (False, True):  # bf16 only where the CPU has it natively
+        monkeypatch.setattr(fast_module, "cpu_bf16_native", lambda: native)
+        cpu = sampling_options("auto", CPU, compile=False, graphs=True)
+        assert cpu == FastOptions(autocast=native, channels_last=True, graphs=False, compile=False, cpu_kernels=True)
+        assert cpu == FastOptions.for_device(CPU, compile=False) == sampling_options("fast", CPU, compile=False)
+    assert sampling_options("auto", CPU, compile=True).compile  # opt-in on a CPU too
     monkeypatch.setattr(fast_module, "cpu_channels_last_pays", lambda: False)
     assert sampling_options("fast", CPU) is None
 
 
 def test_generate_on_cpu_fp32_exact_fast_close(pyramid, monkeypatch):
-    """'fp32' is the eager sampler bit for bit; 'fast' on a CPU (channels_last) is the same
-    arithmetic in another order: close, deterministic, and the exact path where NHWC does not pay."""
+    """'fp32' is the eager sampler bit for bit; 'fast' on a CPU without native bf16 (channels_last,
+    fp32) is the same arithmetic in another order: close, deterministic, and the exact path
+    where NHWC does not pay. (With bf16: tests/test_fast_cpu.py.)"""
     torch.manual_seed(0)
+    monkeypatch.setattr(fast_module, "cpu_bf16_native", lambda: False)
     loaded = LoadedModel(model=Denoiser(8), pyramid=pyramid, config=tiny_config(), step=0, path=Path("x"))
     sizes, st = pyramid.sizes_hw, [6, 3]
     run = lambda precision: generate(loaded, 3, sizes, st, seed=4, batch_size=2, progress=False,  # noqa: E731

@@ -104,11 +104,12 @@ def add_start_t_argument(p: argparse.ArgumentParser, ranges: bool = False) -> No
     p.add_argument("--start-t", nargs="+", type=int, metavar="T", help=text)
 
 
-SAMPLING_PRECISION_HELP = ("fast: bf16 network and CUDA graphs on a GPU, fp32 in channels_last layout on an x86 "
-                           "CPU (samples within 1e-4 of fp32's, 12-33%% faster measured); fp32: the exact path "
-                           "(default auto: fast)")
-TRAINING_PRECISION_HELP = ("fast: bf16 autocast and CUDA graphs on GPU; fp32: the exact reference arithmetic "
-                           "(default auto: fast on CUDA, fp32 on CPU)")
+SAMPLING_PRECISION_HELP = ("fast: the network in bf16 and channels_last, with CUDA graphs on a GPU and oneDNN's "
+                           "fused convolutions on an x86 CPU (bf16 only where the CPU has it natively, else fp32; "
+                           "docs/cpu-fast-path.md); fp32: the exact path (default auto: fast where the device has it)")
+TRAINING_PRECISION_HELP = ("fast: bf16 autocast (fp32 weights) and channels_last, with CUDA graphs on a GPU, bf16 only "
+                           "where native on a CPU; fp32: the exact reference arithmetic (default auto: fast where "
+                           "the device has it; on --resume, the precision the run was trained in)")
 
 
 def add_device_arguments(p: argparse.ArgumentParser, device_help: str = "auto, cpu or cuda[:N] (default auto)",
