@@ -18,6 +18,7 @@ is wrapped around by r pixels on each side, and the cores are taken from the mid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 
@@ -69,6 +70,19 @@ def wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return x.index_select(-2, iy).index_select(-1, ix)
 
 
+@contextlib.contextmanager
+def circular_convs(model: nn.Module):
+    """Every zero-padding convolution of `model` pads circularly inside the block."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros"]
+    for m in convs:
+        m.padding_mode = "circular"
+    try:
+        yield model
+    finally:
+        for m in convs:
+            m.padding_mode = "zeros"
+
+
 def spans(length: int, tile: int, halo: int, offset: int = 0, core: int | None = None) -> list[tuple[int, int, int]]:
     """Along one axis of `length` pixels: (core start, core end, window start) of each window, the
     cores tiling [offset, offset + core) in steps of `tile`, every window min(tile + 2·halo, length) long
@@ -105,6 +119,9 @@ class TiledDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, scale) -> torch.Tensor:
         h, w = x.shape[-2:]
         r = self.halo
+        if self.circular and self.tile is None and min(h, w) >= r:   # no tiles: the convs wrap (no halo to pay)
+            with circular_convs(self.model):
+                return self.model(x, t, scale)
         if self.circular:
             x = wrap_pad(x, r)
         offset = r if self.circular else 0
@@ -135,6 +152,21 @@ class TiledDenoiser(nn.Module):
                 out[i, :, sy[0] - off:sy[1] - off, sx[0] - off:sx[1] - off] = \
                     res[j, :, sy[0] - sy[2]:sy[1] - sy[2], sx[0] - sx[2]:sx[1] - sx[2]]
         return out
+
+
+def seam_z(image: torch.Tensor) -> tuple[float, float]:
+    """How much the seams of a 2×2 mosaic of `image` (C×H×W) stand out, per axis (columns, rows): the
+    mean absolute difference across the seam (between pixel W−1 of one copy and pixel 0 of the next)
+    as a z-score within the same statistic over every interior pair of neighbouring columns (rows).
+    |z| ≤ 3: the seam is within the interior's distribution; a visible seam is far outside it."""
+    mosaic = image.repeat(1, 2, 2)
+    h, w = image.shape[-2:]
+    out = []
+    for dim, n in ((-1, w), (-2, h)):
+        d = image.diff(dim=dim).abs().mean(dim=(0, 1 if dim == -1 else 2))
+        seam = (mosaic.select(dim, n) - mosaic.select(dim, n - 1)).abs().mean()
+        out.append(float((seam - d.mean()) / d.std()))
+    return out[0], out[1]
 
 
 def tiled_loaded(loaded, tile: int | None = None, circular: bool = False, max_windows: int | None = None):
