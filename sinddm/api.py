@@ -108,7 +108,7 @@ class SinDDM:
         from .pipeline import generate
 
         sizes = self.sizes(scale_hw, size, start_level)
-        tile = plan_tile(sizes, self.loaded.model, batch_size, self.device, _tile(tile))
+        tile = plan_tile(sizes, self.loaded.model, batch_size, self.device, _tile(tile), num=n)
         images = generate(self.loaded, n, sizes, list(start_t or self.loaded.start_t), seed=seed,
                           batch_size=batch_size, device=self.device, progress=progress, precision=self.precision,
                           scale0_steps=scale0_steps, tile=tile, tileable=tileable)

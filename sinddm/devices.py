@@ -109,11 +109,12 @@ def tiled_memory_needed(sizes: list[tuple[int, int]], dim: int, batch: int, tile
 
     h, w = max(sizes, key=lambda hw: hw[0] * hw[1])
     window = (min(tile + 2 * halo, h) * min(tile + 2 * halo, w)) * dim * _FLOAT32 * _NEEDED_MAPS
-    return batch * h * w * 3 * _FLOAT32 * _IMAGE_MAPS + min(TILE_PASS_BUDGET, batch * window) + window
+    windows = batch * -(-h // tile) * -(-w // tile)
+    return batch * h * w * 3 * _FLOAT32 * _IMAGE_MAPS + max(window, min(TILE_PASS_BUDGET, windows * window))
 
 
 def plan_tile(sizes: list[tuple[int, int]], model, batch_size: int | None, device: torch.device,
-              tile: int | None = None) -> int | None:
+              tile: int | None = None, num: int | None = None) -> int | None:
     """The tile to sample `model` with: `tile` as asked, or, on a CPU where the untiled activations do
     not fit in the memory available (CPU RAM or free GPU memory), `DEFAULT_TILE` (said in one line on
     stderr). UserError when not even the tiled images fit."""
@@ -126,11 +127,13 @@ def plan_tile(sizes: list[tuple[int, int]], model, batch_size: int | None, devic
     if free is None:
         return tile
     h, w = sizes[-1]
-    bs = batch_size or auto_batch_size(sizes, dim, device)
+    bs = min(batch_size or auto_batch_size(sizes, dim, device), num or 2 ** 31)
     if tile is None and bs * memory_needed(sizes, dim, 1) <= free:
         return None
-    use = tile or DEFAULT_TILE
-    need = tiled_memory_needed(sizes, dim, bs, use, receptive_radius(model))
+    halo = receptive_radius(model)
+    tries = [tile] if tile else [DEFAULT_TILE >> k for k in range(4)]   # 256, 128, 64, 32: the first that fits
+    use = next((t for t in tries if tiled_memory_needed(sizes, dim, bs, t, halo) <= free), tries[-1])
+    need = tiled_memory_needed(sizes, dim, bs, use, halo)
     if need > free:
         raise UserError(f"sampling {bs} image(s) of {h}x{w} px (h x w) needs about {need / 2**30:.1f} GiB even "
                         f"tiled, more than the {free / 2**30:.1f} GiB memory available; use a smaller --size, "

@@ -45,7 +45,7 @@ def sample_plan(args, cache: ModelCache | None = None) -> dict:
                             f"got {args.scale0_steps}")
         if args.start_t and len(args.start_t) == pyr.n_scales:
             raise UserError("--scale0-steps and a T[0] in --start-t both set scale 0's steps; give one of them")
-    tile = plan_tile(sizes, loaded.model, args.batch_size, device, args.tile)
+    tile = plan_tile(sizes, loaded.model, args.batch_size, device, args.tile, num=args.num)
     out = output_folder(loaded, args)
     return {"device": device, "loaded": loaded, "sizes": sizes, "start_t": start_t, "out": out, "tile": tile}
 
