@@ -31,7 +31,7 @@ _NOT_LOCAL = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.InstanceNorm2d, 
               nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, nn.Upsample, nn.MultiheadAttention,
               nn.ConvTranspose2d)
 # Bytes of activations one pass of windows may plan for (several windows per pass keep the cores busy).
-TILE_PASS_BUDGET = 256 * 1024 ** 2
+TILE_PASS_BUDGET = 64 * 1024 ** 2
 _MAPS_PER_WINDOW = 4   # live maps of `dim` channels per window (devices._NEEDED_MAPS)
 
 
