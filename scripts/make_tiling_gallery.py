@@ -37,12 +37,13 @@ def run(*args: str) -> float:
     return secs
 
 
-def panorama(out: Path, width: int, height: int, tile: int, extra: list[str]) -> None:
+def panorama(out: Path, width: int, height: int, tile: int, extra: list[str], keep_full: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run("sample", MODEL, "--size", f"{height}x{width}", "--num", "1", "--tile", str(tile), "--seed", "0",
             "--precision", "fp32", "--out", tmp, *extra)
         pano = Image.open(Path(tmp) / "sample_000.png").convert("RGB")
-    pano.save(out / "panorama_full.png")
+    if keep_full:
+        pano.save(out / "panorama_full.png")
     view = pano.resize((min(width, 2048), round(height * min(width, 2048) / width)), Image.LANCZOS)
     view.save(out / "panorama_view.png")
     crop_w = min(width, 512)
@@ -78,13 +79,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, help="make the panorama, this wide (px)")
     ap.add_argument("--height", type=int, default=101, help="panorama height (default: the training height)")
     ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--keep-full", action="store_true", help="also save the whole panorama (large)")
     ap.add_argument("--texture", action="store_true", help="make the texture mosaics")
     ap.add_argument("extra", nargs="*", help="more `sinddm sample` options for the panorama, after --")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.width:
-        panorama(out, args.width, args.height, args.tile, args.extra)
+        panorama(out, args.width, args.height, args.tile, args.extra, args.keep_full)
     if args.texture:
         texture(out)
 
