@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import LoadedModel, load_model
-from .devices import check_sample_memory, resolve_device, resolve_precision
+from .devices import plan_tile, resolve_device, resolve_precision
 from .errors import UserError
 from .image_io import load_rgb, to_tensor, to_uint8
 from .pyramid import checked_sample_sizes
@@ -40,6 +40,12 @@ def _picture(p: Picture, what: str) -> Image.Image:
         return load_rgb(p)
     except UserError as e:
         raise UserError(f"{what}: {e}") from None
+
+
+def _tile(tile: int | None) -> int | None:
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+        raise UserError(f"tile must be a whole number of pixels >= 1, got {tile!r}")
+    return tile
 
 
 def _box(b: Box | str | Sequence[int]) -> Box:
@@ -95,20 +101,29 @@ class SinDDM:
     def sample(self, n: int = 1, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
                start_level: int = 0, start_t: Sequence[int] | None = None, seed: int = 0,
                batch_size: int | None = None, scale0_steps: int | None = None, progress: bool = False,
-               output: str = "pil"):
-        """`n` random samples through the whole pyramid (method §5)."""
+               output: str = "pil", tile: int | None = None, tileable: bool = False):
+        """`n` random samples through the whole pyramid (method §5). `tile`: run the network on tiles
+        of this many px (the same pictures in bounded memory; on by itself when the size does not fit);
+        `tileable`: a seamless texture (the network and the up-sampling wrap around)."""
         from .pipeline import generate
 
         sizes = self.sizes(scale_hw, size, start_level)
-        check_sample_memory(sizes, self.loaded.model.dim, batch_size, self.device)
+        tile = plan_tile(sizes, self.loaded.model, batch_size, self.device, _tile(tile), num=n)
         images = generate(self.loaded, n, sizes, list(start_t or self.loaded.start_t), seed=seed,
                           batch_size=batch_size, device=self.device, progress=progress, precision=self.precision,
-                          scale0_steps=scale0_steps)
+                          scale0_steps=scale0_steps, tile=tile, tileable=tileable)
         return self._out(images, output)
 
     # -- image-guided edits (method §7) ------------------------------------------------------
+    # Every edit takes `tile` (px): the network runs on tiles, the same pictures in bounded memory.
+    def _loaded(self, tile: int | None):
+        from .tiling import tiled_loaded
+
+        return tiled_loaded(self.loaded, _tile(tile))
+
     def harmonize(self, composite: Picture, mask: Picture, n: int = 1, t_start: int | None = None,
-                  seed: int = 0, batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+                  seed: int = 0, batch_size: int | None = None, progress: bool = False, output: str = "pil",
+                  tile: int | None = None):
         """Blend a pasted object into its surroundings; `mask` is white on black where it is."""
         from .editing import HARMONIZE_START_T, harmonize, resize_like_training
         from .masks import harmonization_mask
@@ -122,18 +137,19 @@ class SinDDM:
             soft = harmonization_mask(m, picture.shape[:2])
         except ValueError:
             raise UserError("mask: empty at the composite's working size; paint the pasted region white") from None
-        images = harmonize(self.loaded, to_tensor(np.ascontiguousarray(picture)), soft, num=n, seed=seed,
+        images = harmonize(self._loaded(tile), to_tensor(np.ascontiguousarray(picture)), soft, num=n, seed=seed,
                            t_start=t_start or HARMONIZE_START_T, batch_size=batch_size, device=self.device,
                            progress=progress)
         return self._out(images, output)
 
     def style_transfer(self, content: Picture, n: int = 1, t_start: int | None = None, seed: int = 0,
-                       batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+                       batch_size: int | None = None, progress: bool = False, output: str = "pil",
+                       tile: int | None = None):
         """The content picture with the training image's colours and fine textures."""
         from .editing import STYLE_TRANSFER_START_T, prepare_content, style_transfer
 
         prepared = prepare_content(_picture(content, "content"), self.pyramid, self.loaded.config.image.max_pixels)
-        images = style_transfer(self.loaded, to_tensor(prepared), num=n, seed=seed,
+        images = style_transfer(self._loaded(tile), to_tensor(prepared), num=n, seed=seed,
                                 t_start=t_start or STYLE_TRANSFER_START_T, batch_size=batch_size,
                                 device=self.device, progress=progress)
         return self._out(images, output)
@@ -141,7 +157,8 @@ class SinDDM:
     def roi_copy(self, source: Box | str | Sequence[int], targets: Sequence[Box | str | Sequence[int]], n: int = 1,
                  scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
                  start_t: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
-                 progress: bool = False, output: str = "pil"):
+                 progress: bool = False, output: str = "pil",
+                 tile: int | None = None):
         """Samples whose target boxes (y, x, h, w in output pixels) copy the training image's source box."""
         from .editing import roi_generate
 
@@ -154,7 +171,7 @@ class SinDDM:
         for t in tgts:
             if box_outside(t, sizes[-1]):
                 raise UserError(f"target {t}: reaches beyond the output {tuple(sizes[-1])}")
-        images = roi_generate(self.loaded, sizes, list(start_t or self.loaded.start_t), src, tgts, num=n, seed=seed,
+        images = roi_generate(self._loaded(tile), sizes, list(start_t or self.loaded.start_t), src, tgts, num=n, seed=seed,
                               batch_size=batch_size, device=self.device, progress=progress)
         return self._out(images, output)
 
@@ -172,14 +189,14 @@ class SinDDM:
     def text_content(self, prompt: str, n: int = 1, scale_hw=None, size=None, start_t=None, guide_from: int = 1,
                      strength: float = 0.3, fill_factor: float = 0.3, momentum: float = 0.2, seed: int = 0,
                      clip=None, views: str | None = None, batch_size: int | None = None, progress: bool = False,
-                     output: str = "pil"):
+                     output: str = "pil", tile: int | None = None):
         """New content from a prompt (CLIP guidance from scale `guide_from` on). `clip`: a
         `sinddm.clip.ClipSpec` (default ViT-B/32, OpenAI weights); `views`: reference / aspect / square."""
         from .text_edits import text_content
 
         if not 0 <= guide_from < self.pyramid.n_scales:
             raise UserError(f"guide_from must be in 0..{self.pyramid.n_scales - 1}, got {guide_from}")
-        images = text_content(self.loaded, prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
+        images = text_content(self._loaded(tile), prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
                               strength=strength, fill_factor=fill_factor, momentum=momentum, guide_from=guide_from,
                               batch_size=batch_size, progress=progress, **self._text(clip, views, prompt))
         return self._out(images, output)
@@ -187,31 +204,33 @@ class SinDDM:
     def text_style(self, prompt: str, n: int = 1, scale_hw=None, size=None, start_t=None, strength: float = 0.3,
                    fill_factor: float = 1.0, momentum: float = 0.05, seed: int = 0, clip=None,
                    views: str | None = None, batch_size: int | None = None, progress: bool = False,
-                   output: str = "pil"):
+                   output: str = "pil", tile: int | None = None):
         """Samples in the style the prompt names (prompt + " Style"; guidance at the finest scale)."""
         from .text_edits import text_style
 
-        images = text_style(self.loaded, prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
+        images = text_style(self._loaded(tile), prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
                             strength=strength, fill_factor=fill_factor, momentum=momentum, batch_size=batch_size,
                             progress=progress, **self._text(clip, views, prompt))
         return self._out(images, output)
 
     def text_style_transfer(self, prompt: str, n: int = 1, start_t=None, strength: float = 0.3, fill_factor: float = 1.0,
                             momentum: float = 0.05, seed: int = 0, clip=None, views: str | None = None,
-                            batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+                            batch_size: int | None = None, progress: bool = False, output: str = "pil",
+                            tile: int | None = None):
         """The training image restyled by the prompt."""
         from .text_edits import text_style_transfer
 
         if self.pyramid.n_scales < 2:
             raise UserError("text_style_transfer needs a model with at least 2 scales")
-        images = text_style_transfer(self.loaded, prompt, num=n, seed=seed, start_t=start_t, strength=strength,
+        images = text_style_transfer(self._loaded(tile), prompt, num=n, seed=seed, start_t=start_t, strength=strength,
                                      fill_factor=fill_factor, momentum=momentum, batch_size=batch_size,
                                      progress=progress, **self._text(clip, views, prompt))
         return self._out(images, output)
 
     def text_roi(self, prompt: str, box=None, mask: Picture | None = None, n: int = 1, iterations: int = 100,
                  strength: float = 0.1, seed: int = 0, clip=None, views: str | None = None,
-                 batch_size: int | None = None, progress: bool = False, output: str = "pil"):
+                 batch_size: int | None = None, progress: bool = False, output: str = "pil",
+                 tile: int | None = None):
         """Content from the prompt inside a region of the training image: a `box` (y, x, h, w) or a
         `mask` picture (white inside; resized to the finest scale)."""
         from .masks import mask_channel
@@ -232,7 +251,7 @@ class SinDDM:
             ys, xs = np.nonzero(a)
             box = (int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1))
             region = torch.from_numpy(a.astype(np.float32)).view(1, 1, *a.shape)
-        images = text_roi(self.loaded, prompt, box, region, num=n, seed=seed, iterations=iterations,
+        images = text_roi(self._loaded(tile), prompt, box, region, num=n, seed=seed, iterations=iterations,
                           strength=strength, batch_size=batch_size, progress=progress,
                           **self._text(clip, views, prompt))
         return self._out(images, output)

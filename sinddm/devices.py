@@ -100,25 +100,51 @@ def _cpu_free(device: torch.device) -> int | None:
     return available_memory(device) if device.type == "cpu" else None
 
 
-def check_sample_memory(sizes: list[tuple[int, int]], dim: int, batch_size: int | None,
-                        device: torch.device) -> None:
-    """On a CPU, refuse a size that cannot fit even one image and a batch size that cannot fit
-    (naming one that would)."""
-    free = _cpu_free(device)
+# Whole-image tensors the samplers hold per image at once (x, x̂0, the mixes, noise, the stitched ε, ...),
+# in 3-channel float32 maps: what tiling cannot shrink.
+_IMAGE_MAPS = 12
+DEFAULT_TILE = 256   # px: the tile core `plan_tile` picks (halo overhead (256 + 2·16)² / 256² ≈ 1.27)
+
+
+def tiled_memory_needed(sizes: list[tuple[int, int]], dim: int, batch: int, tile: int, halo: int) -> int:
+    """Bytes that tiled sampling needs at least: the images themselves plus one pass of windows."""
+    from .tiling import TILE_PASS_BUDGET
+
+    h, w = max(sizes, key=lambda hw: hw[0] * hw[1])
+    window = (min(tile + 2 * halo, h) * min(tile + 2 * halo, w)) * dim * _FLOAT32 * _NEEDED_MAPS
+    windows = batch * -(-h // tile) * -(-w // tile)
+    return batch * h * w * 3 * _FLOAT32 * _IMAGE_MAPS + max(window, min(TILE_PASS_BUDGET, windows * window))
+
+
+def plan_tile(sizes: list[tuple[int, int]], model, batch_size: int | None, device: torch.device,
+              tile: int | None = None, num: int | None = None) -> int | None:
+    """The tile to sample `model` with: `tile` as asked, or, on a CPU where the untiled activations do
+    not fit in the memory available (CPU RAM or free GPU memory), `DEFAULT_TILE` (said in one line on
+    stderr). UserError when not even the tiled images fit."""
+    import sys
+
+    from .tiling import receptive_radius
+
+    dim = model.dim
+    free = available_memory(device)
     if free is None:
-        return
+        return tile
     h, w = sizes[-1]
-    where = "memory available"
-    one = memory_needed(sizes, dim, 1)
-    if one > free:
-        raise UserError(f"sampling {h}x{w} px (h x w) with this width-{dim} model needs about {one / 2**30:.1f} GiB "
-                        f"per image, more than the {free / 2**30:.1f} GiB {where}; ask for a smaller --size or "
-                        "--scale-hw")
-    bs = batch_size or auto_batch_size(sizes, dim, device)
-    if bs * one > free:
-        raise UserError(f"--batch-size {bs}: {bs} images of {h}x{w} px (h x w) need about "
-                        f"{bs * one / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
-                        f"{where}; use --batch-size {max(1, int(free // one))} or less")
+    bs = min(batch_size or auto_batch_size(sizes, dim, device), num or 2 ** 31)
+    if tile is None and bs * memory_needed(sizes, dim, 1) <= free:
+        return None
+    halo = receptive_radius(model)
+    tries = [tile] if tile else [DEFAULT_TILE >> k for k in range(4)]   # 256, 128, 64, 32: the first that fits
+    use = next((t for t in tries if tiled_memory_needed(sizes, dim, bs, t, halo) <= free), tries[-1])
+    need = tiled_memory_needed(sizes, dim, bs, use, halo)
+    if need > free:
+        raise UserError(f"sampling {bs} image(s) of {h}x{w} px (h x w) needs about {need / 2**30:.1f} GiB even "
+                        f"tiled, more than the {free / 2**30:.1f} GiB memory available; use a smaller --size, "
+                        "--scale-hw or --batch-size")
+    if tile is None:
+        print(f"note: {bs} image(s) of {h}x{w} px do not fit untiled in the {free / 2**30:.1f} GiB available: "
+              f"tiling on (--tile {use}; the same pictures, bounded memory)", file=sys.stderr)
+    return use
 
 
 def check_train_memory(sizes_hw: list[tuple[int, int]], config, device: torch.device) -> None:

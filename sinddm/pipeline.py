@@ -18,6 +18,7 @@ from .fast import FastPyramidSampler, prepare_backends, sampling_options
 from .fast_cpu import keep_freed_memory
 from .samplers import sample_pyramid
 from .schedule import Schedule
+from .tiling import tiled_loaded
 
 BATCH_SEED_STRIDE = 1_000_003
 
@@ -49,7 +50,8 @@ def progress_bar(total: int, desc: str, progress: bool = True):
 def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], start_t: list[int],
              seed: int = 0, batch_size: int | None = None, device: torch.device | str = "cpu",
              progress: bool = True, precision: str = "fp32", compile: bool | None = None,
-             cuda_graphs: bool | None = None, scale0_steps: int | None = None) -> list[torch.Tensor]:
+             cuda_graphs: bool | None = None, scale0_steps: int | None = None, tile: int | None = None,
+             tileable: bool = False) -> list[torch.Tensor]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid.
 
     precision 'auto'/'fast': the device's fast path (`sinddm.fast.sampling_options`): a bf16
@@ -58,12 +60,15 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     every precision (drawn in fp32): batch b always draws from its own generator seeded
     with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
+    `tile`: the network runs on tiles of this many px (the same numbers, bounded memory; `tiling`);
+    `tileable`: on a torus, so the output tiles seamlessly. Either runs the exact fp32 eager path.
     """
     device = torch.device(device)
     resolve_precision(precision, device)  # rejects unknown names
     if device.type == "cpu":
         keep_freed_memory()  # every precision: no number changes, page faults go
-    model = loaded.model.to(device).eval()
+    tiled = tile is not None or tileable
+    model = tiled_loaded(loaded, tile, tileable).model.to(device).eval()
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)
     schedule0 = None
@@ -72,7 +77,7 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
         start_t = [schedule0.num_timesteps, *start_t[1:]]
     bs = batch_size or auto_batch_size(sizes_hw, model.dim, device)
     fast = None
-    opts = sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
+    opts = None if tiled else sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
     if opts is not None:
         prepare_backends(device)
         fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device, opts, schedule0=schedule0)
@@ -82,6 +87,6 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
             if fast is not None:
                 return fast.sample(n, gen, progress=bar)[-1]
             return sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
-                                  device=device, progress=bar, schedule0=schedule0)[-1]
+                                  device=device, progress=bar, schedule0=schedule0, wrap=tileable)[-1]
 
         return seeded_batches(num, bs, seed, one)

@@ -105,9 +105,26 @@ def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int
     return x
 
 
-def upsample(x: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """The previous scale's output at this scale's size: bilinear, align_corners=False."""
+def upsample(x: torch.Tensor, size_hw: tuple[int, int], wrap: bool = False) -> torch.Tensor:
+    """The previous scale's output at this scale's size: bilinear, align_corners=False.
+    `wrap`: on a torus (seamless textures), the border pixels interpolate with the opposite side."""
+    if wrap:
+        return _wrap_linear(_wrap_linear(x, size_hw[0], -2), size_hw[1], -1)
     return F.interpolate(x, size=tuple(size_hw), mode="bilinear", align_corners=False)
+
+
+def _wrap_linear(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Linear resampling along `dim` to `size` with F.interpolate's grid (align_corners=False,
+    source = (i + 0.5)·n/size − 0.5) but indices taken modulo n instead of clamped."""
+    n = x.shape[dim]
+    src = (torch.arange(size, device=x.device, dtype=torch.float64) + 0.5) * (n / size) - 0.5
+    i0 = torch.floor(src)
+    frac = (src - i0).to(x.dtype)
+    i0 = i0.long()
+    shape = [1] * x.dim()
+    shape[dim] = size
+    frac = frac.view(shape)
+    return x.index_select(dim, i0 % n) * (1 - frac) + x.index_select(dim, (i0 + 1) % n) * frac
 
 
 @torch.no_grad()
@@ -115,7 +132,8 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
                    start_t: list[int], batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu", x0_hook: X0Hook = None,
                    progress=None, schedule0: Schedule | None = None,
-                   step_draws: bool = True, hooks: Sequence[X0Hook] | None = None) -> list[torch.Tensor]:
+                   step_draws: bool = True, hooks: Sequence[X0Hook] | None = None,
+                   wrap: bool = False) -> list[torch.Tensor]:
     """Coarse-to-fine generation of `batch` images; returns every scale's output (method §5).
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
@@ -123,6 +141,7 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
     `hooks[s]` (None for none) is scale s's x̂0 hook; without `hooks`, `x0_hook` serves every scale.
     `step_draws`: the finer scales' discarded per-step draws of the reference's sampler
     (`sample_blended`'s `step_noise`); its ROI-guided loop makes none.
+    `wrap`: up-sample on a torus (seamless textures; the model then pads circularly, see `tiling`).
     """
     if hooks is None:
         hooks = [x0_hook] * len(sizes_hw)
@@ -132,7 +151,7 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
                     x0_hook=hooks[0], progress=progress)
     outputs.append(x)
     for s in range(1, len(sizes_hw)):
-        x_blurry = upsample(x, sizes_hw[s])
+        x_blurry = upsample(x, sizes_hw[s], wrap)
         noise = torch.randn(x_blurry.shape, generator=generator, device=device)
         x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
                            x0_hook=hooks[s], progress=progress,

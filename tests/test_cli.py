@@ -660,7 +660,8 @@ def test_train_resume_checks_memory_too(tiny_config, tmp_path, monkeypatch, caps
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
-def test_sample_refuses_what_cannot_fit_in_memory_before_any_work(smoke_run, tmp_path, monkeypatch, capsys):
+def test_sample_tiles_what_does_not_fit_and_refuses_what_cannot_before_any_work(smoke_run, tmp_path, monkeypatch,
+                                                                                capsys):
     import sinddm.devices as D
     import sinddm.pipeline as P
 
@@ -668,18 +669,29 @@ def test_sample_refuses_what_cannot_fit_in_memory_before_any_work(smoke_run, tmp
     sizes = [(2 * h, 2 * w) for h, w in loaded.pyramid.sizes_hw]
     one = D.memory_needed(sizes, loaded.model.dim, 1)
     assert one == 4 * sizes[-1][0] * sizes[-1][1] * loaded.model.dim * D._NEEDED_MAPS
-    monkeypatch.setattr(P, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
-    monkeypatch.setattr(D, "available_memory", lambda device: one - 1)
-    assert sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2) == 2
+    calls = []
+
+    def fake_generate(loaded, num, sizes_hw, *a, tile=None, **k):
+        calls.append(tile)
+        return [torch.zeros(3, *sizes_hw[-1])] * num
+
+    monkeypatch.setattr(P, "generate", fake_generate)
+    monkeypatch.setattr("sinddm.tiling.TILE_PASS_BUDGET", one // 8)     # windows per pass, scaled to this size
+    monkeypatch.setattr(D, "available_memory", lambda device: one - 1)   # untiled does not fit: tiles
+    assert sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2) == 0
+    err = capsys.readouterr().err
+    assert "tiling on" in err and calls[-1] is not None and calls[-1] < max(sizes[-1])
+    monkeypatch.setattr(D, "available_memory", lambda device: 3 * one // 2)   # --batch-size 2 is kept: tiles
+    assert sample(smoke_run, tmp_path / "o2", "--num", 2, "--batch-size", 2, "--scale-hw", 2, 2) == 0
+    assert "tiling on" in capsys.readouterr().err and calls[-1] is not None
+    monkeypatch.setattr(D, "available_memory", lambda device: 1000)       # not even the images fit: refused
+    assert sample(smoke_run, tmp_path / "o3", "--num", 1, "--scale-hw", 2, 2) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert f"sampling {sizes[-1][0]}x{sizes[-1][1]} px (h x w)" in line and "per image" in line
-    monkeypatch.setattr(D, "available_memory", lambda device: 3 * one)
-    assert sample(smoke_run, tmp_path / "o", "--num", 8, "--batch-size", 8, "--scale-hw", 2, 2) == 2
-    assert "use --batch-size 3 or less" in _one_error_line(capsys.readouterr().err)
-    assert not (tmp_path / "o").exists()
-    monkeypatch.setattr(D, "available_memory", lambda device: None)  # unknown: no check, sampling goes on
-    with pytest.raises(pytest.fail.Exception, match="sampled before the check"):
-        sample(smoke_run, tmp_path / "o", "--num", 1, "--scale-hw", 2, 2)
+    assert f"{sizes[-1][0]}x{sizes[-1][1]} px (h x w)" in line and "even tiled" in line
+    assert not (tmp_path / "o3").exists() and len(calls) == 2
+    monkeypatch.setattr(D, "available_memory", lambda device: None)  # unknown: no check, sampling goes on untiled
+    assert sample(smoke_run, tmp_path / "o4", "--num", 1, "--scale-hw", 2, 2) == 0
+    assert calls[-1] is None
 
 
 def test_inspect_preview_is_not_overwritten_without_overwrite(tmp_path, capsys):

@@ -131,6 +131,9 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
     p.add_argument("--batch-size", type=positive_int("--batch-size"),
                    help="images per batch (default: as many as fit in GPU memory; 4 on a CPU, where "
                         "larger batches are slower per image)")
+    p.add_argument("--tile", type=positive_int("--tile"), metavar="N",
+                   help="run the network on N-px tiles plus a halo of its receptive field: the same pictures "
+                        "in bounded memory (default: whole images; sample tiles by itself when they do not fit)")
     add_device_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -49,7 +49,9 @@ def edit_plan(args, cache: ModelCache | None = None) -> dict:
 
 def cmd_edit(args, plan: dict | None = None) -> int:
     p = plan or edit_plan(args)
-    images = p["mode"].run(args, p["loaded"], p["device"])
+    from ..tiling import tiled_loaded
+
+    images = p["mode"].run(args, tiled_loaded(p["loaded"], args.tile), p["device"])
     write_outputs(p["out"], images, prefix=args.mode.replace("-", "_"))
     return 0
 

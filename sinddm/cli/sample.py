@@ -22,12 +22,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--scale0-steps", type=int, metavar="K",
                    help="sample the coarsest scale in K evenly spaced DDPM steps instead of all 100 (faster: "
                         "K=25 cuts the coarsest scale's time 4x; see docs/fast-sampling.md for what it costs)")
+    s.add_argument("--tileable", action="store_true",
+                   help="a seamless texture: the network pads circularly and the scales up-sample around a "
+                        "torus, so the picture tiles without a seam")
     add_output_arguments(s)
 
 
 def sample_plan(args, cache: ModelCache | None = None) -> dict:
     """Everything `sinddm sample` checks before it draws: model, sizes, timesteps, output folder."""
-    from ..devices import check_sample_memory, resolve_device
+    from ..devices import plan_tile, resolve_device
 
     device = resolve_device(args.device)
     loaded = load_run(args.model, device, cache)
@@ -42,9 +45,9 @@ def sample_plan(args, cache: ModelCache | None = None) -> dict:
                             f"got {args.scale0_steps}")
         if args.start_t and len(args.start_t) == pyr.n_scales:
             raise UserError("--scale0-steps and a T[0] in --start-t both set scale 0's steps; give one of them")
-    check_sample_memory(sizes, loaded.model.dim, args.batch_size, device)
+    tile = plan_tile(sizes, loaded.model, args.batch_size, device, args.tile, num=args.num)
     out = output_folder(loaded, args)
-    return {"device": device, "loaded": loaded, "sizes": sizes, "start_t": start_t, "out": out}
+    return {"device": device, "loaded": loaded, "sizes": sizes, "start_t": start_t, "out": out, "tile": tile}
 
 
 def cmd_sample(args, plan: dict | None = None) -> int:
@@ -54,7 +57,7 @@ def cmd_sample(args, plan: dict | None = None) -> int:
     p = plan or sample_plan(args)
     imgs = generate(p["loaded"], args.num, p["sizes"], p["start_t"], seed=args.seed, batch_size=args.batch_size,
                     device=p["device"], progress=not args.quiet, precision=args.precision,
-                    scale0_steps=args.scale0_steps)
+                    scale0_steps=args.scale0_steps, tile=p["tile"], tileable=args.tileable)
     write_outputs(p["out"], imgs)
     return 0
 
