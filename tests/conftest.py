@@ -66,3 +66,16 @@ def no_network():
 
 
 # Modules that must never reach the network say `pytestmark = pytest.mark.usefixtures("no_network")`.
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_ckpt(tmp_path_factory):
+    """Random weights of tests/data/tiny-clip.json (seed 0), saved as a local checkpoint: the offline route."""
+    import open_clip
+
+    open_clip.add_model_config(Path(__file__).parent / "data" / "tiny-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
+    torch.save(model.state_dict(), path)
+    return path

@@ -66,15 +66,8 @@ def test_view_size_keeps_a_token_row_on_extreme_panoramas():
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-
-    open_clip.add_model_config(TINY_CLIP)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-clip", pretrained=None)
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
-    torch.save(model.state_dict(), path)
-    return path
+def tiny_clip(tiny_clip_ckpt):
+    return tiny_clip_ckpt
 
 
 @pytest.mark.parametrize("views", V.VIEW_MODES)

@@ -52,16 +52,8 @@ def loaded(smoke_run):
 
 
 @pytest.fixture(scope="module")
-def clip_ckpt(tmp_path_factory):
-    """Random weights of the tiny config, saved as a local checkpoint (the offline route)."""
-    import open_clip
-
-    open_clip.add_model_config(TINY_CLIP)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-clip", pretrained=None)
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
-    torch.save(model.state_dict(), path)
-    return path
+def clip_ckpt(tiny_clip_ckpt):
+    return tiny_clip_ckpt
 
 
 @pytest.fixture(scope="module")
