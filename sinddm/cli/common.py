@@ -199,19 +199,6 @@ def output_folder(loaded, args, name: str = "samples") -> Path:
     return out
 
 
-def check_output_file(path: Path, flag: str, overwrite: bool, suffixes: tuple[str, ...] = ()) -> None:
-    """A single output file (--preview, --json, --png): its folder exists, it is not a folder, and an
-    existing file is replaced only with --overwrite."""
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise UserError(f"{flag} '{path}': unknown file type '{path.suffix}'; give a {suffixes[0]} file name")
-    if path.is_dir():
-        raise UserError(f"{flag} '{path}': is a folder; give a {suffixes[0] if suffixes else ''} file name")
-    if not path.parent.is_dir():
-        raise UserError(f"{flag} '{path}': folder '{path.parent}' does not exist; create it first")
-    if path.exists() and not overwrite:
-        raise UserError(f"{flag} '{path}': exists; choose another name or pass --overwrite")
-
-
 def write_outputs(out: Path, images, prefix: str = "sample") -> None:
     """`prefix_000.png ...` and `grid.png`, with one line on stderr (see `image_io.write_images`)."""
     from ..image_io import write_images
