@@ -11,8 +11,10 @@ Variants, each adding one lever to the one above:
   channels_last   the same in NHWC
   bf16            + bf16 autocast (fp32 master weights)
   depthwise       + sinddm.fast_cpu's depthwise gradient
-  fused_adam      + fused Adam: the CPU fast path as `--precision fast` runs it
-  fast_fp32       fused_adam without bf16: the fast path of a CPU without native bf16
+  fused_adam      + fused Adam (the CPU fast path before the training network)
+  training_net    + sinddm.fast_cpu_train's network as one Function: the CPU fast path as
+                  `--precision fast` runs it
+  fast_fp32       training_net without bf16: the fast path of a CPU without native bf16
   compile         + torch.compile (--compile; its first step, the compile, is reported apart)
 glibc's malloc setting (`fast_cpu.keep_freed_memory`) is process-wide: it is on for all variants,
 as in the library; --no-malloc-tuning measures them all without it.
@@ -71,12 +73,15 @@ def main() -> None:
     trainers = {name: Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, fast_options=o)
                 for name, o in variants.items()}
     trainers["fp32"] = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, precision="fp32")
-    # The fast depthwise gradient without fused Adam: the fast path's trainer with Adam swapped back.
-    dw = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, precision="fast", compile=False)
+    # The fast depthwise gradient without fused Adam (nor the training network): Adam swapped back.
+    bf16 = cpu_bf16_native()
+    no_net = FastOptions(**dict(off, channels_last=True, autocast=bf16, cpu_kernels=True, cpu_net=False))
+    dw = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, fast_options=no_net)
     dw.optimizer = torch.optim.Adam(dw.model.parameters(), lr=cfg.train.lr)
     dw.lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(dw.optimizer, cfg.train.lr_milestones, cfg.train.lr_gamma)
     trainers["depthwise"] = dw
-    trainers["fused_adam"] = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, precision="fast", compile=False)
+    trainers["fused_adam"] = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, fast_options=no_net)
+    trainers["training_net"] = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0, precision="fast", compile=False)
     # What a CPU without native bf16 gets: the same fast path in fp32.
     trainers["fast_fp32"] = Trainer(cfg, pyr, unused, torch.device("cpu"), seed=0,
                                     fast_options=FastOptions(**dict(off, channels_last=True, cpu_kernels=True)))

@@ -58,6 +58,7 @@ class FastOptions:
     graphs: bool = True          # CUDA graphs
     compile: bool = False        # torch.compile(dynamic=False): one graph per input shape
     cpu_kernels: bool = False    # CPU training: fast_cpu's depthwise weight gradient, fused Adam
+    cpu_net: bool = True         # with cpu_kernels: the network as one Function (sinddm.fast_cpu_train)
 
     @property
     def active(self) -> bool:
@@ -67,8 +68,8 @@ class FastOptions:
     def for_device(cls, device: torch.device, compile: bool | None = None,
                    graphs: bool | None = None) -> "FastOptions":
         """The fast path for `device`. CUDA: everything (compile opt-in). An x86 CPU with oneDNN:
-        channels_last, bf16 autocast only where the CPU has native bf16, the CPU training kernels
-        (compile opt-in: it costs more than it saves there, docs/cpu-fast-path.md).
+        channels_last, bf16 only where the CPU has native bf16, the CPU training kernels and
+        training network (compile opt-in: it costs more than it saves there, docs/cpu-fast-path.md).
         Anything else: nothing (`active` is False, i.e. the fp32 path)."""
         device = torch.device(device)
         compile = _env_flag(ENV_COMPILE, False) if compile is None else compile
@@ -227,8 +228,9 @@ class StaticTrainStep:
     `batches` is the batch at each scale, coarsest first. `loss_fn(scale, t, noise)` returns
     the scalar loss. With `graphs`, each scale's forward + backward is captured in a CUDA
     graph the first time that scale comes up (so start-up cost is spread out and a slow
-    first compile of one shape does not hold up the others); without, the same code runs
-    eagerly on the same buffers (the CPU-testable path).
+    first compile of one shape does not hold up the others); without, the same forward and
+    backward run eagerly on the same input buffers, and autograd hands the gradients over
+    (`.grad` set afresh each step: nothing to zero or accumulate).
     After `run`, the parameters' `.grad` hold this step's gradients and the returned
     tensor the loss; the caller steps the optimizer.
     """
@@ -242,7 +244,8 @@ class StaticTrainStep:
         self.t = [torch.zeros(b, dtype=torch.long, device=device) for b in batches]
         self.noise = [torch.zeros((b, 3, h, w), device=device) for b, (h, w) in zip(batches, sizes_hw)]
         self.loss_out = torch.zeros((), device=device)
-        self.grads = [torch.zeros_like(p) for p in self.params]  # preserve_format: NHWC stays NHWC
+        # Graphs write gradients to fixed addresses: these (preserve_format: NHWC stays NHWC).
+        self.grads = [torch.zeros_like(p) for p in self.params] if graphs else []
         self.use_graphs = graphs
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.fallback_reason: str | None = None
@@ -303,12 +306,15 @@ class StaticTrainStep:
                               f"continuing without graphs", RuntimeWarning, stacklevel=2)
                 torch.cuda.synchronize(self.device)
         self.draw(s, generator)
+        if not self.use_graphs:  # eager: autograd hands each gradient over, nothing to zero or add
+            for p in self.params:
+                p.grad = None
+            loss = self.loss_fn(s, self.t[s], self.noise[s])
+            loss.backward()
+            return loss.detach()
         if self.params[0].grad is not self.grads[0]:
             self._attach_grads()  # someone set .grad to None (zero_grad): the graphs still write here
-        if self.use_graphs:
-            self.graphs[s].replay()
-        else:
-            self._forward_backward(s)
+        self.graphs[s].replay()
         return self.loss_out.clone()  # the buffer is overwritten by the next step
 
 

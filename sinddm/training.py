@@ -32,6 +32,7 @@ from .errors import TrainingStopped, UserError
 from .fast import (FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends,
                    retarget_adam)
 from .fast_cpu import keep_freed_memory, use_fast_depthwise
+from .fast_cpu_train import cpu_training_net
 from .model import Denoiser
 from .numeric_guard import NonFiniteGuard, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: part of this module's API)
 from .pyramid import Pyramid
@@ -93,8 +94,9 @@ class Trainer(NonFiniteGuard):
     """Owns the model, its EMA, the optimizer and every RNG, and writes a run folder.
 
     precision 'fast' runs the network with channels_last and bf16 autocast (on a CPU only
-    where bf16 is native), fused Adam, CUDA graphs on CUDA and the fast depthwise gradient
-    on a CPU (see `sinddm.fast`); weights, Adam and the EMA stay fp32. `compile`
+    where bf16 is native), fused Adam, CUDA graphs on CUDA, and on a CPU the network as one
+    Function with the fast depthwise gradient (`sinddm.fast`, `sinddm.fast_cpu_train`);
+    weights, Adam and the EMA stay fp32. `compile`
     and `cuda_graphs` override the SINDDM_COMPILE / SINDDM_CUDA_GRAPHS environment switches.
     `fast_options` forces the fast machinery with the given features on any device (tests).
     """
@@ -144,11 +146,18 @@ class Trainer(NonFiniteGuard):
         self.gammas = blend_gammas(self.schedule, pyramid.blur_distance).to(device)
         self.clean = [pyramid.level_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
         self.blurry = [pyramid.blurry_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
-        # The network as the loss sees it: bf16/channels_last/compiled in fast mode.
+        # The network as the loss sees it: bf16/channels_last/compiled in fast mode; on a CPU
+        # the image path as one Function computing in bf16 (or fp32) itself, so no autocast.
         self.net = self.model
+        self._cpu_net = None
         if self.fast is not None:
-            inner = compile_module(self.model) if self.fast.compile else self.model
-            self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
+            if self.fast.cpu_kernels and self.fast.cpu_net and not self.fast.compile:
+                self._cpu_net = cpu_training_net(self.model, torch.bfloat16 if self.fast.autocast else torch.float32)
+            if self._cpu_net is not None:
+                self.net = FastNet(self._cpu_net, autocast=False, channels_last=True)
+            else:
+                inner = compile_module(self.model) if self.fast.compile else self.model
+                self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
         self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
         self._init_guard(device)
         zeros = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
@@ -190,7 +199,8 @@ class Trainer(NonFiniteGuard):
                 "channels_last": self.fast.channels_last, "compile": self.fast.compile,
                 "cuda_graphs": bool(st.use_graphs) if st is not None else self.fast.graphs,
                 "graph_fallback": st.fallback_reason if st is not None else None,
-                "fused_adam": bool(self._fused), "cpu_kernels": self.fast.cpu_kernels}
+                "fused_adam": bool(self._fused), "cpu_kernels": self.fast.cpu_kernels,
+                "cpu_training_net": self._cpu_net is not None}
 
     def train_step(self, scale: int | None = None) -> torch.Tensor:
         """One optimizer step; `scale` forces the scale (benchmarks) instead of drawing it."""
