@@ -33,7 +33,6 @@ from sinddm.checkpoint import history_paths, load_model, load_train_state
 from sinddm.cli import main
 from sinddm.config import config_from_dict
 from sinddm.image_io import load_rgb
-from sinddm.model import Denoiser
 from sinddm.pyramid import build_pyramid
 from sinddm.training import NonFiniteLoss, Trainer
 
@@ -441,13 +440,13 @@ def test_cli_stops_after_too_many_nonfinite_steps(tmp_path, monkeypatch, capsys)
     cfg.write_text(yaml.safe_dump({"image": {"max_pixels": 6000}, "model": {"dim": 4},
                                    "train": {**TINY["train"], "steps": 20, "checkpoint_every": 3, "log_every": 2,
                                              "max_nonfinite_steps": 4, "ema_decay": 0.5}}))  # no EMA warning
-    real, calls = Denoiser.forward, [0]
+    real, calls = Trainer._loss, [0]
 
-    def forward(self, x, t, s):
+    def loss(self, s, t, noise):  # the network's outputs (so the loss and its gradients) NaN
         calls[0] += 1
-        out = real(self, x, t, s)
+        out = real(self, s, t, noise)
         return out * float("nan") if calls[0] >= 8 else out  # from step 8 on
-    monkeypatch.setattr(Denoiser, "forward", forward)
+    monkeypatch.setattr(Trainer, "_loss", loss)
     run = tmp_path / "run"
     rc = cli("train", SMALL, "--config", cfg, "--out", run, *QUICK)
     err = capsys.readouterr().err
