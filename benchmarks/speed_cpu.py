@@ -3,7 +3,7 @@
 measured in the same process, alternating, so both see the same load.
 
     python benchmarks/speed.py                         # on a machine without CUDA: this plan
-    python benchmarks/speed_cpu.py --threads 2 --repeats 5 --main-job
+    python benchmarks/speed_cpu.py --threads 2 --main-job
     python benchmarks/speed_cpu.py --configs cpu --modes fp32,fast,compile --repeats 3
 
 For each config (smoke, cpu, small by default) on assets/hubble.jpg at the config's
@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="fp32,fast", help="fp32,fast[,compile]")
     p.add_argument("--image", default="assets/hubble.jpg")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, i.e. OMP_NUM_THREADS)")
-    p.add_argument("--repeats", type=int, default=5, help="alternating rounds per scale (default 5)")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="alternating rounds per scale (default 9: on a shared machine 5 left the median swinging)")
     p.add_argument("--steps", type=int, default=3, help="training steps per round (default 3)")
     p.add_argument("--sample-repeats", type=int, default=3)
     p.add_argument("--main-job", action="store_true", help="also time the README's main job end to end")
