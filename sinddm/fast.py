@@ -161,7 +161,7 @@ def inference_net(model: nn.Module, opts: FastOptions) -> FastNet:
     if opts.compile:
         net = compile_module(net)
     elif opts.cpu_kernels and opts.channels_last and next(model.parameters()).device.type == "cpu":
-        net = fused_denoiser(net, torch.bfloat16 if opts.autocast else torch.float32) or net
+        net = fused_denoiser(net, torch.bfloat16 if opts.autocast else torch.float32, cond_from=model) or net
     _INFERENCE_NETS[model] = (key, FastNet(net, opts.autocast, opts.channels_last))
     return _INFERENCE_NETS[model][1]
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_cpu import depthwise_input_grad, depthwise_weight_grad, fused_conv_ops
+from .fast_cpu import add_channel_bias_, depthwise_input_grad, depthwise_weight_grad, fused_conv_ops, nhwc
 from .model import ConvBlock, Denoiser, sinusoidal_embedding
 
 CL = torch.channels_last
@@ -35,20 +35,6 @@ CL = torch.channels_last
 # parameters, then (blocks whose skip is a 1x1 conv) the skip's weight and bias.
 BLOCK_PARAMS = ("depthwise.weight", "depthwise.bias", "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")
 SKIP_PARAMS = ("skip.weight", "skip.bias")
-
-
-def nhwc(t: torch.Tensor) -> torch.Tensor:
-    """A channels_last (N, C, H, W) tensor as the NHWC-contiguous tensor it is in memory."""
-    return t.permute(0, 2, 3, 1)
-
-
-def add_channel_bias_(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """h += bias[:, :, None, None] in place, for a channels_last h: over rows of W*C values."""
-    if not h.is_contiguous(memory_format=CL):
-        return h.add_(bias[:, :, None, None])
-    b, c, height, w = h.shape
-    nhwc(h).view(b, height, w * c).add_(bias[:, None, :].expand(b, w, c).reshape(b, 1, w * c))
-    return h
 
 
 def channel_sums(g: torch.Tensor) -> torch.Tensor:

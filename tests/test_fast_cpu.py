@@ -242,13 +242,15 @@ def test_cpu_fast_network_within_stated_tolerance(pyramid, cpu_fast_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_denoiser_is_the_denoiser(dtype):
-    """oneDNN's fused conv+GELU and conv+residual, and the conditioning bias folded into the
-    depthwise bias when the batch shares t and s: the plain network's outputs (to rounding)."""
+@pytest.mark.parametrize("cond_from_model", [False, True])
+def test_fused_denoiser_is_the_denoiser(dtype, cond_from_model):
+    """oneDNN's fused conv+GELU and conv+residual, the conditioning in fp32 (from the fp32
+    model's weights or the converted net's), folded into the depthwise bias when the batch
+    shares t and s: the plain network's outputs (to rounding)."""
     torch.manual_seed(3)
     model = Denoiser(16).eval()
     net = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last)
-    fused = fused_denoiser(net, dtype)
+    fused = fused_denoiser(net, dtype, cond_from=model if cond_from_model else None)
     if fused is None:
         pytest.skip("this torch build has no oneDNN fused convolutions")
     x = torch.randn(3, 3, 13, 17).contiguous(memory_format=torch.channels_last)
@@ -260,6 +262,36 @@ def test_fused_denoiser_is_the_denoiser(dtype):
         assert out.dtype == dtype and out.shape == ref.shape
         assert ((out.float() - ref).norm() / ref.norm()).item() < tol, (t, s)
     assert fused_denoiser(nn.Conv2d(3, 3, 1), dtype) is None  # anything else: no fused version
+
+
+def test_fused_denoiser_keeps_each_steps_conditioning(monkeypatch):
+    """Sampling asks for each (t, s) once per batch: the folded biases are computed once and
+    reused (same outputs), the cache is bounded, and later changes to the model's weights do not
+    leak into a built network (its conditioning layers are copies)."""
+    torch.manual_seed(4)
+    model = Denoiser(8).eval()
+    net = copy.deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    fused = fused_denoiser(net, torch.bfloat16, cond_from=model)
+    if fused is None:
+        pytest.skip("this torch build has no oneDNN fused convolutions")
+    x = torch.randn(2, 3, 9, 11).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = fused._biases
+    monkeypatch.setattr(fused, "_biases", lambda t, s: calls.append(1) or real(t, s))
+    with torch.no_grad():
+        a = fused(x, torch.tensor([9, 9]), 1)
+        b = fused(x, torch.tensor([9, 9]), 1)
+        fused(x, torch.tensor([8, 8]), 1)
+        assert torch.equal(a, b) and len(calls) == 2 and set(fused._folded) == {(9, 1), (8, 1)}
+        model.embed[0].weight.add_(1.0)
+        fused._folded.clear()
+        assert torch.equal(fused(x, torch.tensor([9, 9]), 1), a)
+    monkeypatch.setattr(type(fused), "CACHE_SIZE", 2)
+    with torch.no_grad():
+        fused(x, torch.tensor([6, 6]), 0)
+        assert len(fused._folded) == 2
+        fused(x, torch.tensor([7, 7]), 0)
+    assert set(fused._folded) == {(7, 0)}  # full: emptied, then this step's entry
 
 
 def test_cpu_fast_sampling_net_is_fused(cpu_fast_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from sinddm.fast_cpu import fused_conv_ops, use_fast_depthwise
-from sinddm.fast_cpu_train import CpuTrainingNet, add_channel_bias_, channel_sums, cpu_training_net
+from sinddm.fast_cpu import add_channel_bias_, fused_conv_ops, use_fast_depthwise
+from sinddm.fast_cpu_train import CpuTrainingNet, channel_sums, cpu_training_net
 from sinddm.model import Denoiser
 
 NET_REL_L2 = 2e-2  # the fast path's stated tolerance on network outputs (tests/test_fast_cpu.py)
