@@ -1,6 +1,7 @@
 """The fast path ('--precision fast', the default): bf16 autocast and channels_last; on CUDA
 also CUDA graphs, fused Adam and a sync-free EMA; on an x86 CPU bf16 only where it is
-native, plus a faster depthwise weight gradient (`sinddm.fast_cpu`); torch.compile opt-in.
+native, the training network as one Function (`sinddm.fast_cpu_train`), a faster depthwise
+weight gradient and fused sampling convolutions (`sinddm.fast_cpu`); torch.compile opt-in.
 
 Only the network runs in bf16: noise-schedule and sampler arithmetic stay float32 and
 the network's output is cast back to float32 before it is used. The CUDA-only parts
