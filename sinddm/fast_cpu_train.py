@@ -66,7 +66,7 @@ class _ImagePath(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layout, dtype, x, *tensors):
         ts = [t.to(dtype) for t in tensors]
-        h = x.to(dtype).contiguous(memory_format=CL)
+        h = x.to(dtype=dtype, memory_format=CL)  # one copy: cast and lay out
         saved, i = [], 0
         for has_skip in layout:
             bias, wd, bd, w1, b1, w2, b2 = ts[i:i + 7]
@@ -119,6 +119,10 @@ class CpuTrainingNet(nn.Module):
         super().__init__()
         self.net, self.dtype = net, dtype
         self.layout = tuple(not isinstance(b.skip, nn.Identity) for b in net.blocks)
+        # Each block's parameters in `_ImagePath`'s order, gathered once (the same Parameter
+        # objects every step: loading a state dict or an optimizer step updates them in place).
+        self._block_params = [tuple(b.get_parameter(n) for n in BLOCK_PARAMS + (SKIP_PARAMS if skip else ()))
+                              for b, skip in zip(net.blocks, self.layout)]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, scale) -> torch.Tensor:
         net = self.net
@@ -129,10 +133,10 @@ class CpuTrainingNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             cond = net.embed(torch.cat((sinusoidal_embedding(t), sinusoidal_embedding(scale)), dim=-1))
             tensors = []
-            for blk, has_skip in zip(net.blocks, self.layout):
+            for blk, params in zip(net.blocks, self._block_params):
                 c2c = blk.cond_to_channels  # a 1x1 convolution of a 1x1 map: a linear layer
                 tensors.append(F.linear(blk.cond(cond), c2c.weight.flatten(1), c2c.bias))
-                tensors += [blk.get_parameter(n) for n in BLOCK_PARAMS + (SKIP_PARAMS if has_skip else ())]
+                tensors += params
             tensors += [net.out.weight, net.out.bias]
             return _ImagePath.apply(self.layout, self.dtype, x, *tensors)
 

@@ -122,8 +122,14 @@ class Trainer(NonFiniteGuard):
         self.model = Denoiser(config.model.dim).to(device)
         if self.fast is not None and self.fast.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # On a CPU the image path as one Function computing in bf16 (or fp32) itself, no autocast;
+        # where it does not apply, the autograd network with the fast depthwise gradient.
+        self._cpu_net = None
         if self.fast is not None and self.fast.cpu_kernels:
-            use_fast_depthwise(self.model)  # same parameters and state-dict keys
+            if self.fast.cpu_net and not self.fast.compile:
+                self._cpu_net = cpu_training_net(self.model, torch.bfloat16 if self.fast.autocast else torch.float32)
+            if self._cpu_net is None:
+                use_fast_depthwise(self.model)  # same parameters and state-dict keys
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
         self._ema_count: int | None = None  # host mirror of ema.n_averaged (read once, lazily)
         # Fused Adam in fast mode (CUDA; a CPU with the fast path's kernels): one multi-tensor
@@ -146,15 +152,11 @@ class Trainer(NonFiniteGuard):
         self.gammas = blend_gammas(self.schedule, pyramid.blur_distance).to(device)
         self.clean = [pyramid.level_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
         self.blurry = [pyramid.blurry_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
-        # The network as the loss sees it: bf16/channels_last/compiled in fast mode; on a CPU
-        # the image path as one Function computing in bf16 (or fp32) itself, so no autocast.
+        # The network as the loss sees it: bf16/channels_last/compiled in fast mode.
         self.net = self.model
-        self._cpu_net = None
         if self.fast is not None:
-            if self.fast.cpu_kernels and self.fast.cpu_net and not self.fast.compile:
-                self._cpu_net = cpu_training_net(self.model, torch.bfloat16 if self.fast.autocast else torch.float32)
-            if self._cpu_net is not None:
-                self.net = FastNet(self._cpu_net, autocast=False, channels_last=True)
+            if self._cpu_net is not None:  # it lays its input out and casts it itself
+                self.net = FastNet(self._cpu_net, autocast=False, channels_last=False)
             else:
                 inner = compile_module(self.model) if self.fast.compile else self.model
                 self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
