@@ -137,8 +137,8 @@ def roi_generate(loaded, sizes_hw: Sequence[tuple[int, int]], start_t: Sequence[
                  weight: float = ROI_WEIGHT) -> list[torch.Tensor]:
     """ROI-guided generation (Fig. S10): random samples through the whole pyramid whose
     `targets` (finest output pixels) are pulled towards the training image's `source` box
-    at every step of every scale but the finest. Like the reference's ROI loop, it makes no
-    per-step draws at the finer scales (`sample_pyramid`'s `step_draws`)."""
+    at every step of every scale but the finest. As in the reference, the draws are plain
+    sampling's and scale 0 blends into the raw x̂0 before its clamp (method §7.3)."""
     device = torch.device(device)
     model = loaded.model.to(device).eval()
     schedule = loaded.schedule.to(device)
@@ -150,6 +150,6 @@ def roi_generate(loaded, sizes_hw: Sequence[tuple[int, int]], start_t: Sequence[
         def one(n: int, s: int) -> torch.Tensor:
             return sample_pyramid(model, schedule, gammas, list(sizes_hw), list(start_t), n,
                                   generator=generator(device, s), device=device, progress=bar,
-                                  step_draws=False, hooks=hooks)[-1]
+                                  hooks=hooks, hook_before_clamp=True)[-1]
 
         return seeded_batches(num, bs, seed, one)

@@ -2,9 +2,10 @@
 
 `model(x, t, scale)` predicts ε. Noise comes from a `noise_sampler(t)` callable so
 that tests can replay recorded noise and callers can choose their generator.
-An optional `x0_hook(x0, t)` sees (and may replace) every x̂0 — clamped in the DDPM
-sampler, unclamped in the blended sampler (which clamps later): guidance and region
-edits plug in there.
+An optional `x0_hook(x0, t)` sees (and may replace) every x̂0: guidance and region edits plug
+in there. The blended sampler hands it the unclamped x̂0 and clamps later; the DDPM sampler
+clamps first unless `hook_before_clamp` (ROI copying blends into the raw x̂0, then clamps, as
+the reference does: method §7.3).
 """
 
 from __future__ import annotations
@@ -42,12 +43,19 @@ def q_sample(schedule: Schedule, x0: torch.Tensor, t: int, noise: torch.Tensor) 
 
 @torch.no_grad()
 def ddpm_step(model, schedule: Schedule, x: torch.Tensor, t: int, scale: int, noise: torch.Tensor,
-              x0_hook: X0Hook = None) -> torch.Tensor:
-    """One ancestral step x_t → x_{t-1} through the posterior q(x_{t-1} | x_t, x̂0) (Ho et al. 2020, eq. 6-7)."""
+              x0_hook: X0Hook = None, hook_before_clamp: bool = False) -> torch.Tensor:
+    """One ancestral step x_t → x_{t-1} through the posterior q(x_{t-1} | x_t, x̂0) (Ho et al. 2020, eq. 6-7).
+
+    `x0_hook` sees the clamped x̂0 (text guidance), or with `hook_before_clamp` the raw one, and
+    the clamp follows the hook (ROI copying)."""
     tt = schedule.timesteps[t].to(x.device).repeat(x.shape[0])  # the network's t (a respaced schedule skips some)
-    x0 = predict_x0(schedule, x, t, model(x, tt, scale).float()).clamp(-1, 1)
-    if x0_hook is not None:
-        x0 = x0_hook(x0, t)
+    x0 = predict_x0(schedule, x, t, model(x, tt, scale).float())
+    if x0_hook is not None and hook_before_clamp:
+        x0 = x0_hook(x0, t).clamp(-1, 1)
+    else:
+        x0 = x0.clamp(-1, 1)
+        if x0_hook is not None:
+            x0 = x0_hook(x0, t)
     mean = _at(schedule.posterior_mean_coef1, t) * x0 + _at(schedule.posterior_mean_coef2, t) * x
     if t == 0:
         return mean
@@ -56,13 +64,14 @@ def ddpm_step(model, schedule: Schedule, x: torch.Tensor, t: int, scale: int, no
 
 @torch.no_grad()
 def sample_ddpm(model, schedule: Schedule, x_start: torch.Tensor, scale: int, noise_sampler: NoiseSampler,
-                t_start: int | None = None, x0_hook: X0Hook = None, progress=None) -> torch.Tensor:
+                t_start: int | None = None, x0_hook: X0Hook = None, progress=None,
+                hook_before_clamp: bool = False) -> torch.Tensor:
     """Ancestral sampling t = t_start-1 .. 0 from pure noise `x_start` (Ho et al. 2020, Alg. 2)."""
     x = x_start
     t_start = schedule.num_timesteps if t_start is None else t_start
     for t in range(t_start - 1, -1, -1):
         # Noise is drawn at t = 0 too (and not used) to keep the reference's RNG stream.
-        x = ddpm_step(model, schedule, x, t, scale, noise_sampler(t), x0_hook)
+        x = ddpm_step(model, schedule, x, t, scale, noise_sampler(t), x0_hook, hook_before_clamp)
         if progress is not None:
             progress.update(1)
     return x
@@ -132,15 +141,15 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
                    start_t: list[int], batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu", x0_hook: X0Hook = None,
                    progress=None, schedule0: Schedule | None = None,
-                   step_draws: bool = True, hooks: Sequence[X0Hook] | None = None,
+                   hooks: Sequence[X0Hook] | None = None, hook_before_clamp: bool = False,
                    wrap: bool = False) -> list[torch.Tensor]:
     """Coarse-to-fine generation of `batch` images; returns every scale's output (method §5).
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
     `schedule0` is scale 0's schedule if not `schedule`: a respaced one takes fewer steps.
     `hooks[s]` (None for none) is scale s's x̂0 hook; without `hooks`, `x0_hook` serves every scale.
-    `step_draws`: the finer scales' discarded per-step draws of the reference's sampler
-    (`sample_blended`'s `step_noise`); its ROI-guided loop makes none.
+    `hook_before_clamp`: scale 0's hook edits the raw x̂0 and the clamp follows (`ddpm_step`).
+    The finer scales make the reference's discarded per-step draws (`sample_blended`'s `step_noise`).
     `wrap`: up-sample on a torus (seamless textures; the model then pads circularly, see `tiling`).
     """
     if hooks is None:
@@ -148,14 +157,14 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
     x = sample_ddpm(model, schedule0 or schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],
-                    x0_hook=hooks[0], progress=progress)
+                    x0_hook=hooks[0], progress=progress, hook_before_clamp=hook_before_clamp)
     outputs.append(x)
     for s in range(1, len(sizes_hw)):
         x_blurry = upsample(x, sizes_hw[s], wrap)
         noise = torch.randn(x_blurry.shape, generator=generator, device=device)
         x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
                            x0_hook=hooks[s], progress=progress,
-                           step_noise=default_noise_sampler(x_blurry, generator) if step_draws else None)
+                           step_noise=default_noise_sampler(x_blurry, generator))
         outputs.append(x)
     return outputs
 

@@ -242,8 +242,8 @@ def test_roi_hooks_copy_each_level_source_patch(loaded):
 
 def test_hooked_sampler_without_hooks_is_sample_pyramid(loaded):
     args = (loaded.model, loaded.schedule, loaded.gammas, loaded.pyramid.sizes_hw, [2, 1, 1])
-    a = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3), step_draws=False)
-    b = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3), step_draws=False, hooks=[None] * 3)
+    a = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3))
+    b = sample_pyramid(*args, 2, generator=torch.Generator().manual_seed(3), hooks=[None] * 3, hook_before_clamp=True)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
 
@@ -268,7 +268,7 @@ def test_roi_guided_x0_carries_the_source_into_the_targets(loaded):
 
     hooks = [recording(s, h) if h else None for s, h in enumerate(roi_hooks(pyr, pyr.sizes_hw, source, targets))]
     outs = sample_pyramid(loaded.model, loaded.schedule, loaded.gammas, pyr.sizes_hw, [3, 2, 2], 2,
-                          generator=torch.Generator().manual_seed(0), step_draws=False, hooks=hooks)
+                          generator=torch.Generator().manual_seed(0), hooks=hooks, hook_before_clamp=True)
     assert sorted(last) == list(range(n - 1))
     for s in range(n - 1):
         f = r ** (n - 1 - s)

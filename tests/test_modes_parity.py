@@ -1,5 +1,6 @@
 """Parity of the modes with the published implementation (tests/golden/modes_reference.*):
-seeded whole-pyramid sampling, the harmonization soft mask and histogram matching."""
+seeded whole-pyramid sampling, seeded ROI-guided generation, the harmonization soft mask and
+histogram matching."""
 
 import json
 
@@ -7,10 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from sinddm.editing import match_histograms
+from sinddm.checkpoint import LoadedModel
+from sinddm.config import Config
+from sinddm.editing import match_histograms, roi_generate
 from sinddm.masks import harmonization_mask
 from sinddm.image_io import load_rgb
-from sinddm.samplers import default_noise_sampler, sample_blended, sample_pyramid, upsample
+from sinddm.pyramid import build_pyramid
+from sinddm.regions import Box, roi_hooks
+from sinddm.samplers import default_noise_sampler, sample_blended, sample_ddpm, sample_pyramid, upsample
 from sinddm.schedule import Schedule
 
 from .conftest import GOLDEN
@@ -52,7 +57,6 @@ def test_without_the_per_step_draws_finer_scales_differ(modes, modes_json, golde
     rec = modes_json["sample_seeded"]
     gen = torch.Generator().manual_seed(rec["seed"])
     sizes, gammas, sch = _sizes(modes), golden["small_120x90/gammas"], Schedule.cosine()
-    from sinddm.samplers import sample_ddpm
 
     x = torch.randn((rec["batch"], 3, *sizes[0]), generator=gen)
     x = sample_ddpm(reference_net, sch, x, 0, default_noise_sampler(x, gen), t_start=rec["start_t"][0])
@@ -85,6 +89,72 @@ def test_discarding_the_per_step_draws_equals_adding_them_at_1e_10(golden, refer
     assert len(drawn) == 48
     diff = (a - b).abs().max().item()
     assert 0 < diff < 1e-5  # it did add something, and nothing beyond float32 rounding
+
+
+# -- ROI-guided generation (method §7.3) ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def roi_case(modes_json, reference_net):
+    """The record's pyramid, the golden weights as a loaded model, and its boxes."""
+    rec = modes_json["roi_seeded"]
+    pyramid = build_pyramid(load_rgb(GOLDEN / f"{rec['pyramid']}.png"))
+    loaded = LoadedModel(model=reference_net, pyramid=pyramid, config=Config(), step=0, path=GOLDEN)
+    return rec, loaded, Box(*rec["source_yxhw"]), [Box(*b) for b in rec["targets_yxhw"]]
+
+
+def test_roi_guided_generation_matches_the_reference(modes, roi_case):
+    """`roi_generate` with the record's seed gives the published code's pictures at every scale."""
+    rec, loaded, source, targets = roi_case
+    hooks = roi_hooks(loaded.pyramid, loaded.pyramid.sizes_hw, source, targets)
+    torch.manual_seed(rec["seed"])  # the reference draws from the global generator
+    outs = sample_pyramid(loaded.model, loaded.schedule, loaded.gammas, loaded.pyramid.sizes_hw,
+                          loaded.start_t, rec["batch"], hooks=hooks, hook_before_clamp=True)
+    for i, out in enumerate(outs):
+        torch.testing.assert_close(out, modes[f"roi_seeded/s{i}"], atol=1e-4, rtol=0, msg=f"scale {i}")
+    # the library's mode, seeded per batch (batch 0 is seeded with the seed itself)
+    pictures = roi_generate(loaded, loaded.pyramid.sizes_hw, loaded.start_t, source, targets,
+                            num=rec["batch"], seed=rec["seed"], batch_size=rec["batch"])
+    torch.testing.assert_close(torch.stack(pictures), modes[f"roi_seeded/s{len(outs) - 1}"], atol=1e-4, rtol=0)
+
+
+def _roi_without(loaded, rec, source, targets, step_draws: bool, hook_before_clamp: bool):
+    """ROI-guided generation written out scale by scale, with either of its two reference
+    behaviours switched off (the library has no switch for either)."""
+    pyr, sch, gammas = loaded.pyramid, loaded.schedule, loaded.gammas
+    hooks = roi_hooks(pyr, pyr.sizes_hw, source, targets)
+    gen = torch.Generator().manual_seed(rec["seed"])
+    x = torch.randn((rec["batch"], 3, *pyr.sizes_hw[0]), generator=gen)
+    x = sample_ddpm(loaded.model, sch, x, 0, default_noise_sampler(x, gen), t_start=loaded.start_t[0],
+                    x0_hook=hooks[0], hook_before_clamp=hook_before_clamp)
+    outs = [x]
+    for s in range(1, pyr.n_scales):
+        xb = upsample(x, pyr.sizes_hw[s])
+        x = sample_blended(loaded.model, sch, xb, s, loaded.start_t[s], gammas[s - 1],
+                           torch.randn(xb.shape, generator=gen), x0_hook=hooks[s],
+                           step_noise=default_noise_sampler(xb, gen) if step_draws else None)
+        outs.append(x)
+    return outs
+
+
+def test_roi_written_out_matches_the_record(modes, roi_case):
+    """The written-out loop with both behaviours on is the record (so the two tests below
+    isolate one change each)."""
+    rec, loaded, source, targets = roi_case
+    outs = _roi_without(loaded, rec, source, targets, step_draws=True, hook_before_clamp=True)
+    torch.testing.assert_close(outs[-1], modes["roi_seeded/s2"], atol=1e-4, rtol=0)
+
+
+def test_roi_without_the_per_step_draws_misses_the_record(modes, roi_case):
+    rec, loaded, source, targets = roi_case
+    outs = _roi_without(loaded, rec, source, targets, step_draws=False, hook_before_clamp=True)
+    torch.testing.assert_close(outs[0], modes["roi_seeded/s0"], atol=1e-4, rtol=0)  # scale 0 draws alike
+    assert (outs[-1] - modes["roi_seeded/s2"]).abs().mean() > 0.05
+
+
+def test_roi_clamping_before_the_blend_misses_the_record(modes, roi_case):
+    rec, loaded, source, targets = roi_case
+    outs = _roi_without(loaded, rec, source, targets, step_draws=True, hook_before_clamp=False)
+    assert (outs[0] - modes["roi_seeded/s0"]).abs().max() > 1e-2  # scale 0 already differs
 
 
 @pytest.mark.parametrize("case", ["hard_200x150_to_120x90", "soft_300x200_to_97x83"])
