@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel
 from .devices import plan_tile, resolve_device, resolve_precision
 from .errors import UserError
 from .image_io import load_rgb, to_tensor, to_uint8
-from .pyramid import checked_sample_sizes
+from .pyramid import DEFAULT_MAX_PIXELS, checked_sample_sizes
 from .regions import Box, box_outside, parse_box
 
 PathLike = str | os.PathLike
@@ -60,11 +60,28 @@ class SinDDM:
 
     # -- making one --------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: PathLike, device: str | torch.device = "auto", precision: str = "auto") -> "SinDDM":
-        """A run folder, a model.safetensors or a checkpoint.pt."""
+    def load(cls, path: PathLike, device: str | torch.device = "auto", precision: str = "auto",
+             max_pixels: int | None = None) -> "SinDDM":
+        """A run folder, a model.safetensors or a checkpoint.pt; or a picture file, which gives the
+        training-free model of `from_image` (`max_pixels`: its pixel cap, pictures only)."""
+        from .sources import open_model
+
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolve_precision(precision, dev)
-        return cls(load_model(path, dev), dev, precision)
+        return cls(open_model(path, dev, max_pixels), dev, precision)
+
+    @classmethod
+    def from_image(cls, image: Picture, max_pixels: int = DEFAULT_MAX_PIXELS, device: str | torch.device = "auto",
+                   precision: str = "auto") -> "SinDDM":
+        """A training-free model of `image` (a path, PIL image or uint8 H×W×3 array), made at once:
+        the closed-form patch denoiser at every scale (docs/method.md §11), on the pyramid training
+        would build with the same `max_pixels`. Samples and every edit work on it as on a trained one."""
+        from .sources import picture_model
+
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        resolve_precision(precision, dev)
+        source = str(image) if isinstance(image, (str, os.PathLike)) else "image"
+        return cls(picture_model(_picture(image, "image"), max_pixels, source, dev), dev, precision)
 
     @classmethod
     def train(cls, image: Picture, out: PathLike, config=None, steps: int | None = None, seed: int = 0,
@@ -274,5 +291,7 @@ class SinDDM:
 
     def __repr__(self) -> str:
         h, w = self.size
-        return (f"SinDDM({self.loaded.path}, width {self.loaded.model.dim}, {self.pyramid.n_scales} scales, "
-                f"{w}x{h} px, step {self.loaded.step}, {self.device})")
+        k, n = self.loaded.config.model.trained_scales, self.pyramid.n_scales
+        kind = (f"width {self.loaded.model.dim}" if k is None or k == n else "training-free" if k == 0
+                else f"hybrid: network at {k} of {n} scales, width {self.loaded.model.dim}")
+        return f"SinDDM({self.loaded.path}, {kind}, {n} scales, {w}x{h} px, step {self.loaded.step}, {self.device})"

@@ -227,13 +227,28 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
                           levels=levels, blurry=blurry, blur_distance=list(facts["blur_distance"]))
         weights = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         config = config_from_dict(meta["config"], source=f"model '{p}'")
-        model = Denoiser(infer_width(weights))
-        model.load_state_dict(weights)
+        model = None
+        if weights:  # a training-free model has none
+            model = Denoiser(infer_width(weights))
+            model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise UserError(f"model '{p}': incomplete or inconsistent model file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); retrain or re-convert it") from None
+    model = _denoiser(model, pyramid, config, p)
     model.to(device).eval()
     return LoadedModel(model=model, pyramid=pyramid, config=config, step=int(meta.get("step", 0)), path=p)
+
+
+def _denoiser(network: Denoiser | None, pyramid: Pyramid, config: Config, p: Path):
+    """The network, or the hybrid its config asks for (`model.trained_scales`, docs/method.md §11)."""
+    from .hybrid import build_denoiser
+
+    if network is None and config.model.trained_scales != 0:
+        raise UserError(f"model '{p}': no network weights inside; retrain or re-convert it")
+    try:
+        return build_denoiser(network, pyramid, config)
+    except UserError as e:
+        raise UserError(f"model '{p}': {e}") from None
 
 
 def pyramid_to_state(pyramid: Pyramid) -> dict[str, Any]:
@@ -265,6 +280,7 @@ def _load_from_train_state(p: Path, device) -> LoadedModel:
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise UserError(f"checkpoint '{p}': incomplete or inconsistent training checkpoint ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); sample from model.safetensors instead") from None
+    model = _denoiser(model, pyramid, config, p)
     model.to(device).eval()
     return LoadedModel(model=model, pyramid=pyramid, config=config, step=int(state["step"]), path=p)
 

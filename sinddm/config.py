@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -24,6 +24,9 @@ class ImageConfig:
 @dataclass
 class ModelConfig:
     dim: int = 160
+    # The network trains on, and serves, the K coarsest scales; the closed-form patch denoiser
+    # serves the finer ones (docs/method.md §11). None: every scale, the paper; 0: no network.
+    trained_scales: Optional[int] = field(default=None, metadata={"type": int})
 
 
 @dataclass
@@ -67,7 +70,13 @@ _SECTIONS = {"image": ImageConfig, "model": ModelConfig, "train": TrainConfig}
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _check_type(where: str, value: Any, default: Any) -> Any:
+def _check_type(where: str, value: Any, default: Any, optional: type | None = None) -> Any:
+    """`value` checked against the type of `default`; a field whose default is None (`optional`
+    names its type) takes None or that type."""
+    if optional is not None:
+        if value is None:
+            return None
+        default = optional()
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -101,11 +110,12 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Con
         if not isinstance(values, dict):
             raise UserError(f"{source}: section '{section}' must be a mapping")
         target = getattr(cfg, section)
-        known = {f.name for f in dataclasses.fields(target)}
+        fields = {f.name: f for f in dataclasses.fields(target)}
         for key, value in values.items():
-            if key not in known:
-                raise UserError(f"{source}: unknown key '{section}.{key}'; known: {', '.join(sorted(known))}")
-            setattr(target, key, _check_type(f"{source}: {section}.{key}", value, getattr(target, key)))
+            if key not in fields:
+                raise UserError(f"{source}: unknown key '{section}.{key}'; known: {', '.join(sorted(fields))}")
+            setattr(target, key, _check_type(f"{source}: {section}.{key}", value, getattr(target, key),
+                                             fields[key].metadata.get("type")))
     validate(cfg, source)
     return cfg
 
@@ -117,6 +127,8 @@ def validate(cfg: Config, source: str = "config") -> None:
 
     need(cfg.image.max_pixels >= MIN_SIDE ** 2, f"image.max_pixels must be at least {MIN_SIDE ** 2} ({MIN_SIDE}x{MIN_SIDE})")
     need(cfg.model.dim >= 2 and cfg.model.dim % 2 == 0, "model.dim must be an even number >= 2")
+    k = cfg.model.trained_scales
+    need(k is None or k >= 0, "model.trained_scales must be >= 0 (0: no network), or null for every scale")
     t = cfg.train
     need(t.steps >= 1, "train.steps must be >= 1")
     need(t.batch_size >= 1, "train.batch_size must be >= 1")

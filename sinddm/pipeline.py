@@ -61,7 +61,8 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     `tile`: the network runs on tiles of this many px (the same numbers, bounded memory; `tiling`);
-    `tileable`: on a torus, so the output tiles seamlessly. Either runs the exact fp32 eager path.
+    `tileable`: on a torus, so the output tiles seamlessly. Either runs the exact fp32 eager path, as
+    do hybrid and training-free models (`hybrid`).
     """
     device = torch.device(device)
     resolve_precision(precision, device)  # rejects unknown names
@@ -77,7 +78,10 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
         start_t = [schedule0.num_timesteps, *start_t[1:]]
     bs = batch_size or auto_batch_size(sizes_hw, model.dim, device)
     fast = None
-    opts = None if tiled else sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
+    # The fast paths compile the network; a hybrid or training-free model (its patch denoiser
+    # is plain matmuls already) runs the eager path.
+    exact_only = tiled or getattr(loaded.model, "takes_blurry", False)
+    opts = None if exact_only else sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
     if opts is not None:
         prepare_backends(device)
         fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device, opts, schedule0=schedule0)

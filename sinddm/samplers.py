@@ -99,7 +99,7 @@ def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int
         if step_noise is not None:
             step_noise(t)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        x_mix = predict_x0(schedule, x, t, model(x, tt, scale).float())
+        x_mix = predict_x0(schedule, x, t, _blended_eps(model, x, tt, scale, x_blurry, g[t]))
         x0 = (x_mix - g[t] * x_blurry) / (1 - g[t])
         if x0_hook is not None:
             x0 = x0_hook(x0, t)
@@ -112,6 +112,15 @@ def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int
         if progress is not None:
             progress.update(1)
     return x
+
+
+def _blended_eps(model, x: torch.Tensor, tt: torch.Tensor, scale: int, x_blurry: torch.Tensor,
+                 gamma: torch.Tensor) -> torch.Tensor:
+    """ε at a blended step. A denoiser that declares `takes_blurry` (the closed-form patch denoiser,
+    method §11) is also told x̃ and this step's γ; the network infers both from x_t."""
+    if getattr(model, "takes_blurry", False):
+        return model(x, tt, scale, blurry=x_blurry, gamma=gamma).float()
+    return model(x, tt, scale).float()
 
 
 def upsample(x: torch.Tensor, size_hw: tuple[int, int], wrap: bool = False) -> torch.Tensor:

@@ -39,7 +39,11 @@ def receptive_radius(model: nn.Module) -> int:
     """Pixels on each side that one output pixel of `model` sees: Σ dilation·(kernel−1)/2 over every
     2-D convolution (the convolutions of the denoiser are in series, apart from 1×1 skips, which add
     nothing; a parallel branch would only make this an over-estimate, which is still exact).
-    ValueError for a layer that makes tiling inexact (strides, normalisation over the image, pooling)."""
+    ValueError for a layer that makes tiling inexact (strides, normalisation over the image, pooling).
+    A denoiser that states its own `receptive_radius` (the patch denoiser, a hybrid) is taken at its word."""
+    stated = getattr(model, "receptive_radius", None)
+    if isinstance(stated, int):
+        return stated
     radius = 0
     for name, m in model.named_modules():
         if isinstance(m, _NOT_LOCAL):
@@ -72,15 +76,21 @@ def wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def circular_convs(model: nn.Module):
-    """Every zero-padding convolution of `model` pads circularly inside the block."""
+    """Every zero-padding convolution of `model` pads circularly inside the block, and every part
+    with a `circular` switch (the patch denoiser's patches) wraps around."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros"]
+    switches = [m for m in model.modules() if getattr(m, "circular", None) is False]
     for m in convs:
         m.padding_mode = "circular"
+    for m in switches:
+        m.circular = True
     try:
         yield model
     finally:
         for m in convs:
             m.padding_mode = "zeros"
+        for m in switches:
+            m.circular = False
 
 
 def spans(length: int, tile: int, halo: int, offset: int = 0, core: int | None = None) -> list[tuple[int, int, int]]:
@@ -110,29 +120,34 @@ class TiledDenoiser(nn.Module):
         self.halo = receptive_radius(model) if halo is None else halo
         self.dim = getattr(model, "dim", 64)
         self.max_windows = max_windows
+        self.takes_blurry = getattr(model, "takes_blurry", False)
 
     def _windows_per_pass(self, win_h: int, win_w: int) -> int:
         if self.max_windows is not None:
             return self.max_windows
         return max(1, TILE_PASS_BUDGET // (win_h * win_w * self.dim * 4 * _MAPS_PER_WINDOW))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, scale) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, scale, blurry: torch.Tensor | None = None,
+                gamma=None) -> torch.Tensor:
+        """The wrapped model's call; `blurry` (x̃, for a model that `takes_blurry`) is cut like `x`."""
+        context = {} if blurry is None else {"blurry": blurry, "gamma": gamma}
         h, w = x.shape[-2:]
         r = self.halo
         if self.circular and self.tile is None and min(h, w) >= r:   # no tiles: the convs wrap (no halo to pay)
             with circular_convs(self.model):
-                return self.model(x, t, scale)
+                return self.model(x, t, scale, **context)
         if self.circular:
             x = wrap_pad(x, r)
+            blurry = None if blurry is None else wrap_pad(blurry, r)
         offset = r if self.circular else 0
         tile = self.tile or max(x.shape[-2:])
         ys = spans(x.shape[-2], tile, r, offset, h)
         xs = spans(x.shape[-1], tile, r, offset, w)
         if len(ys) == 1 and len(xs) == 1 and not self.circular:
-            return self.model(x, t, scale)
-        return self._tiled(x, t, scale, ys, xs, (h, w))
+            return self.model(x, t, scale, **context)
+        return self._tiled(x, t, scale, ys, xs, (h, w), blurry, gamma)
 
-    def _tiled(self, x, t, scale, ys, xs, out_hw) -> torch.Tensor:
+    def _tiled(self, x, t, scale, ys, xs, out_hw, blurry=None, gamma=None) -> torch.Tensor:
         n = x.shape[0]
         size_h = min((self.tile or x.shape[-2]) + 2 * self.halo, x.shape[-2])
         size_w = min((self.tile or x.shape[-1]) + 2 * self.halo, x.shape[-1])
@@ -145,7 +160,9 @@ class TiledDenoiser(nn.Module):
             chunk = jobs[k:k + per_pass]
             idx = torch.tensor([i for i, _, _ in chunk], device=t.device)
             batch = torch.stack([x[i, :, sy[2]:sy[2] + size_h, sx[2]:sx[2] + size_w] for i, sy, sx in chunk])
-            res = self.model(batch, t[idx], scale_t[idx] if scale_t is not None else scale)
+            context = {} if blurry is None else {"gamma": gamma, "blurry": torch.stack(
+                [blurry[i, :, sy[2]:sy[2] + size_h, sx[2]:sx[2] + size_w] for i, sy, sx in chunk])}
+            res = self.model(batch, t[idx], scale_t[idx] if scale_t is not None else scale, **context)
             if out is None:
                 out = res.new_empty((n, res.shape[1], *out_hw))
             for j, (i, sy, sx) in enumerate(chunk):

@@ -33,6 +33,7 @@ from .fast import (FastNet, FastOptions, StaticTrainStep, compile_module, ema_up
                    retarget_adam)
 from .fast_cpu import keep_freed_memory, use_fast_depthwise
 from .fast_cpu_train import cpu_training_net
+from .hybrid import network_scales
 from .model import Denoiser
 from .numeric_guard import NonFiniteGuard, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: part of this module's API)
 from .pyramid import Pyramid
@@ -106,6 +107,11 @@ class Trainer(NonFiniteGuard):
                  cuda_graphs: bool | None = None, fast_options: FastOptions | None = None):
         device = torch.device(device)
         self.config, self.pyramid, self.device = config, pyramid, device
+        # Scales the network learns: the K coarsest of a hybrid (method §11), else all of them.
+        self.trained_scales = network_scales(config, pyramid.n_scales)
+        if self.trained_scales == 0:
+            raise UserError("model.trained_scales is 0: a training-free model has nothing to train; "
+                            "sample from the picture itself (sinddm sample PICTURE)")
         self.precision = resolve_precision(precision, device)
         if fast_options is None and self.precision == "fast":
             fast_options = FastOptions.for_device(device, compile=compile, graphs=cuda_graphs)
@@ -174,11 +180,14 @@ class Trainer(NonFiniteGuard):
     # -- one step -------------------------------------------------------------------------
     def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
         """A random scale (or `scale`), then t and noise for it."""
-        s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen)) if scale is None else scale
+        s = self._draw_scale() if scale is None else scale
         b = scale_batch_size(self.config.train, s)
         t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=self.noise_gen, device=self.device)
         noise = torch.randn((b, *self.clean[s].shape[1:]), generator=self.noise_gen, device=self.device)
         return s, t, noise
+
+    def _draw_scale(self) -> int:
+        return int(torch.randint(self.trained_scales, (1,), generator=self.scale_gen))
 
     def _loss(self, s: int, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         gammas = self.gammas[s - 1] if s > 0 else None
@@ -213,7 +222,7 @@ class Trainer(NonFiniteGuard):
             loss.backward()
         else:
             # Same draws from the same generators as above, into the graphs' static buffers.
-            s = int(torch.randint(self.pyramid.n_scales, (1,), generator=self.scale_gen)) if scale is None else scale
+            s = self._draw_scale() if scale is None else scale
             loss = self._static_step().run(s, self.noise_gen)
         applied = self._guarded_optimizer_step(loss)
         self.lr_scheduler.step()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import add_device_arguments, int_arg
+from .common import add_device_arguments, add_model_argument, int_arg
 
 APP_EXTRA_MISSING = "the studio needs Gradio: pip install 'sinddm[app]'"
 
@@ -15,7 +15,7 @@ def add_parsers(sub) -> None:
                                    "regions (roi-copy, text-roi boxes), harmonization, style transfer and "
                                    "text guidance; each shows the sinddm command that reproduces its result. "
                                    "Never shared beyond this machine.")
-    a.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
+    add_model_argument(a)
     a.add_argument("--port", type=int_arg("--port", 1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
     a.add_argument("--out", default="studio", help="folder every result (and every upload) is written into "
                                                    "(default ./studio)")
@@ -39,7 +39,7 @@ def cmd_app(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}': is a file; give a folder")
-    model = SinDDM.load(args.model, device=args.device, precision=args.precision)
+    model = SinDDM.load(args.model, device=args.device, precision=args.precision, max_pixels=args.max_pixels)
     studio = Studio(model, args.model, out, device_arg=args.device, clip_checkpoint=args.clip_checkpoint)
     print(f"sinddm studio: {model}; results in {out}; http://127.0.0.1:{args.port} (Ctrl-C stops)", flush=True)
     serve(studio, args.port, open_browser=args.open)

@@ -141,26 +141,46 @@ def add_output_arguments(p: argparse.ArgumentParser, default_num: int = 4, out_n
 
 # -- shared by sample, edit and run -----------------------------------------------------------
 
+MODEL_METAVAR = "MODEL|PICTURE"
+MODEL_HELP = ("a run folder, model.safetensors or checkpoint.pt; or a picture, which becomes a training-free "
+              "model on the spot (the closed-form patch denoiser at every scale; docs/method.md §11)")
+
+
+def add_model_argument(p: argparse.ArgumentParser, dest: str = "model") -> None:
+    """The MODEL positional and --max-pixels, for every command that loads a model."""
+    from ..pyramid import DEFAULT_MAX_PIXELS
+
+    p.add_argument(dest, metavar=MODEL_METAVAR, help=MODEL_HELP)
+    p.add_argument("--max-pixels", type=positive_int("--max-pixels"), metavar="N",
+                   help=f"for a PICTURE: shrink it to at most N pixels first, as training does "
+                        f"(default {DEFAULT_MAX_PIXELS}; `sinddm inspect` shows the pyramid)")
+
+
 class ModelCache:
-    """Models loaded once per (path, device): `sinddm run` passes one to every job."""
+    """Models loaded once per (path, device, pixel cap): `sinddm run` passes one to every job."""
 
     def __init__(self):
         self._models: dict = {}
 
-    def load(self, path, device):
-        from ..checkpoint import load_model
+    def load(self, path, device, max_pixels: int | None = None):
+        from ..sources import open_model
 
-        key = (str(Path(path).resolve()), str(device))
+        key = (str(Path(path).resolve()), str(device), max_pixels)
         if key not in self._models:
-            self._models[key] = load_model(path, device)
+            self._models[key] = open_model(path, device, max_pixels)
         return self._models[key]
 
 
-def load_run(path, device, cache: ModelCache | None = None):
-    """`load_model`, through `cache` when one is given."""
-    from ..checkpoint import load_model
+def load_run(path, device, cache: ModelCache | None = None, max_pixels: int | None = None):
+    """`sources.open_model` (a model, or a picture's training-free model), through `cache` when given."""
+    from ..sources import open_model
 
-    return cache.load(path, device) if cache is not None else load_model(path, device)
+    try:
+        if cache is not None:
+            return cache.load(path, device, max_pixels)
+        return open_model(path, device, max_pixels)
+    except UserError as e:
+        raise UserError(str(e).replace("max_pixels applies", "--max-pixels applies")) from None
 
 
 def parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:

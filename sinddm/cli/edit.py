@@ -8,7 +8,8 @@ and checks every input before any work or output, keeping what it read on `args.
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import ModelCache, Parser, add_output_arguments, load_run, output_folder, write_outputs
+from .common import (ModelCache, Parser, add_model_argument, add_output_arguments, load_run, output_folder,
+                     write_outputs)
 from .edit_image import MODES as IMAGE_MODES
 from .edit_text import MODES as TEXT_MODES
 
@@ -26,7 +27,7 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("edit", help="edit or guide generation (one mode per call)",
                        description="Run one editing mode on a trained model; writes NUM PNGs plus grid.png "
                                    "like 'sinddm sample'.")
-    e.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
+    add_model_argument(e)
     modes = e.add_subparsers(dest="mode", metavar="MODE", parser_class=Parser)
     modes.required = True
     for mode in MODES:
@@ -40,7 +41,7 @@ def edit_plan(args, cache: ModelCache | None = None) -> dict:
     from ..devices import resolve_device
 
     device = resolve_device(args.device)
-    loaded = load_run(args.model, device, cache)
+    loaded = load_run(args.model, device, cache, args.max_pixels)
     mode = get_mode(args.mode)
     mode.validate(args, loaded)
     out = output_folder(loaded, args, name=f"edit_{args.mode}")

@@ -20,7 +20,7 @@ from ..errors import UserError
 
 def add_parsers(sub) -> None:
     """Add eval, eval-suite and eval-compare to the main CLI's subparsers `sub`."""
-    from .common import positive_int, seed_arg
+    from .common import add_model_argument, positive_int, seed_arg
     from ..eval.run import DEFAULT_NUM
 
     e = sub.add_parser(
@@ -30,7 +30,7 @@ def add_parsers(sub) -> None:
                     "copying (nearest-neighbour-field regions) and SIFID at 64 and 192 channels (when "
                     "InceptionV3 weights are available locally). Writes metrics.json, report.png and, "
                     "for drawn samples, samples/ into --out.")
-    e.add_argument("run", metavar="RUN_DIR", help="a run folder, model.safetensors or checkpoint.pt")
+    add_model_argument(e, "run")
     e.add_argument("--num", type=positive_int("--num"),
                    help=f"samples to draw (default {DEFAULT_NUM}); with --samples, the first NUM files")
     e.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (default 0)")
@@ -135,7 +135,7 @@ def cmd_eval(args) -> int:
     check_inception_weights(args.inception_weights)
     if args.samples is not None and not Path(args.samples).is_dir():
         raise UserError(f"--samples '{args.samples}': no such folder; give the folder of sample PNGs")
-    loaded = load_run(args.run, device)
+    loaded = load_run(args.run, device, max_pixels=args.max_pixels)
     start_t = parse_start_t(args.start_t, loaded.start_t) if args.samples is None else None
     out = output_folder(loaded, args, "eval")  # --out or RUN_DIR/eval, checked
     m = evaluate_run(loaded, out, num=args.num, seed=args.seed, samples_dir=args.samples, start_t=start_t,

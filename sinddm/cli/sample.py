@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..schedule import T_STEPS
-from .common import (ModelCache, add_output_arguments, add_size_arguments, add_start_t_argument, load_run,
+from .common import (ModelCache, add_model_argument, add_output_arguments, add_size_arguments, add_start_t_argument, load_run,
                      output_folder, output_sizes, parse_start_t)
 
 MIN_SCALE0_STEPS, MAX_SCALE0_STEPS = 2, T_STEPS
@@ -14,7 +14,7 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("sample", help="draw random samples at any size",
                        description="Draw NUM samples from a trained model and write sample_XXX.png files "
                                    "plus grid.png into --out.")
-    s.add_argument("model", metavar="RUN_DIR|CHECKPOINT", help="a run folder, model.safetensors or checkpoint.pt")
+    add_model_argument(s)
     add_size_arguments(s)
     s.add_argument("--start-level", "--start-scale", dest="start_level", type=int, default=0, metavar="K",
                    help="object size control: start the coarsest noise at level K's size (smaller objects)")
@@ -33,7 +33,7 @@ def sample_plan(args, cache: ModelCache | None = None) -> dict:
     from ..devices import plan_tile, resolve_device
 
     device = resolve_device(args.device)
-    loaded = load_run(args.model, device, cache)
+    loaded = load_run(args.model, device, cache, args.max_pixels)
     pyr = loaded.pyramid
     if not 0 <= args.start_level < pyr.n_scales:
         raise UserError(f"--start-level must be in 0..{pyr.n_scales - 1}, got {args.start_level}")

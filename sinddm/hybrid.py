@@ -1,0 +1,68 @@
+"""Hybrid and training-free models (docs/method.md §11): the network for the K coarsest scales,
+the closed-form patch denoiser for the finer ones, behind the network's own call.
+
+`model.trained_scales` (config) is K: None is the paper (the network at every scale), 0 is no
+network at all. Samplers, x̂0 hooks, edits, tiling and `--tileable` see one denoiser either way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config
+from .errors import UserError
+from .patch_denoiser import PatchDenoiser
+from .pyramid import Pyramid
+from .schedule import Schedule
+from .tiling import receptive_radius
+
+# Width used for memory estimates (batch size, tiling) when there is no network: the patch
+# denoiser's live tensors per pixel are about those of a network this wide.
+PATCH_ONLY_DIM = 64
+
+
+def network_scales(config: Config, n_scales: int) -> int:
+    """K, the scales the network serves, checked against a pyramid of `n_scales` (UserError)."""
+    k = config.model.trained_scales
+    if k is None:
+        return n_scales
+    if k > n_scales:
+        raise UserError(f"model.trained_scales is {k}, beyond the picture's {n_scales} scales; "
+                        f"use 0..{n_scales}, or null for every scale")
+    return k
+
+
+class HybridDenoiser(nn.Module):
+    """ε for scale s from `network` when s < `trained_scales`, else from `patches`, which is also
+    told x̃ and γ at the finer scales' blended steps (`takes_blurry`)."""
+
+    takes_blurry = True
+
+    def __init__(self, network: nn.Module | None, patches: PatchDenoiser, trained_scales: int):
+        super().__init__()
+        if trained_scales > 0 and network is None:
+            raise ValueError("a hybrid with trained scales needs its network")
+        self.network, self.patches, self.trained_scales = network, patches, trained_scales
+        self.dim = network.dim if network is not None else PATCH_ONLY_DIM
+
+    @property
+    def receptive_radius(self) -> int:
+        net = receptive_radius(self.network) if self.network is not None else 0
+        return max(net, self.patches.receptive_radius)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, scale, blurry: torch.Tensor | None = None,
+                gamma=None) -> torch.Tensor:
+        if int(scale) < self.trained_scales:
+            return self.network(x, t, scale)
+        return self.patches(x, t, scale, blurry=blurry, gamma=gamma)
+
+
+def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config) -> nn.Module:
+    """The denoiser a model file or a picture stands for: the network alone (the paper), or a
+    `HybridDenoiser` when `model.trained_scales` is set."""
+    k = network_scales(config, pyramid.n_scales)
+    if k == pyramid.n_scales:
+        return network
+    patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales))
+    return HybridDenoiser(network if k > 0 else None, patches, k)
