@@ -1,0 +1,243 @@
+"""The closed-form patch denoiser (method §11) against a brute-force float64 posterior, and the
+properties the samplers and tiling rely on. Tiny pictures: 12×10 keys, 9×11 queries, p = 3."""
+
+import numpy as np
+import pytest
+import torch
+
+from sinddm.errors import UserError
+from sinddm.patch_denoiser import PatchDenoiser
+from sinddm.pyramid import Pyramid
+from sinddm.samplers import predict_x0, q_sample
+from sinddm.schedule import Schedule
+from sinddm.tiling import TiledDenoiser
+
+# ŷ and ε agree with the float64 reference to this (the float32 logits carry ~1e-5 relative error).
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return Schedule.cosine()
+
+
+@pytest.fixture(scope="module")
+def pyramid():
+    rng = np.random.default_rng(0)
+    levels = [rng.integers(0, 256, (8, 7, 3), dtype=np.uint8), rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)]
+    blurry = [None, rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)]
+    return Pyramid(input_wh=(10, 12), scale_factor=1.4, levels=levels, blurry=blurry, blur_distance=[0.2])
+
+
+def brute_force(pyramid, schedule, x, t, scale, p, blurry=None, gamma=0.0, tau=None):
+    """ŷ and ε by the definition: for every query patch, explicit Gaussian log-likelihoods of every
+    training patch, a softmax, the weighted mean; overlapping estimates averaged. float64."""
+    a = float(schedule.sqrt_alphas_cumprod[t])
+    sig = float(schedule.sqrt_one_minus_alphas_cumprod[t])
+    Y = pyramid.level_tensor(scale).double().numpy()
+    B = pyramid.blurry_tensor(scale).double().numpy()
+    X = x.double().numpy()
+    U = blurry.double().numpy() if blurry is not None else np.zeros_like(X)
+    n, _, h, w = X.shape
+    keys = [(Y[:, i:i + p, j:j + p], B[:, i:i + p, j:j + p])
+            for i in range(Y.shape[1] - p + 1) for j in range(Y.shape[2] - p + 1)]
+    y_hat = np.zeros_like(X)
+    for k in range(n):
+        acc, cnt = np.zeros((3, h, w)), np.zeros((h, w))
+        for i in range(h - p + 1):
+            for j in range(w - p + 1):
+                q, u = X[k, :, i:i + p, j:j + p], U[k, :, i:i + p, j:j + p]
+                logl = []
+                for y, b in keys:
+                    # x_t patch ~ N(a(γu + (1−γ)y), σ²); context u ~ N(b, τ²)
+                    ll = -np.sum((q - a * (gamma * u + (1 - gamma) * y)) ** 2) / (2 * sig ** 2)
+                    if tau is not None:
+                        ll -= np.sum((u - b) ** 2) / (2 * tau ** 2)
+                    logl.append(ll)
+                logl = np.array(logl)
+                wts = np.exp(logl - logl.max())
+                wts /= wts.sum()
+                acc[:, i:i + p, j:j + p] += sum(wv * y for wv, (y, _) in zip(wts, keys))
+                cnt[i:i + p, j:j + p] += 1
+        y_hat[k] = acc / cnt
+    eps = (X - a * (gamma * U + (1 - gamma) * y_hat)) / sig
+    return torch.from_numpy(y_hat), torch.from_numpy(eps)
+
+
+def _inputs(seed=1, n=2, hw=(9, 11)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 3, *hw), generator=g) * 2 - 1, torch.rand((n, 3, *hw), generator=g) * 2 - 1
+
+
+def _x0(schedule, x, t, eps, blurry, gamma):
+    """What `samplers.sample_blended` recovers from ε."""
+    return (predict_x0(schedule, x, t, eps) - gamma * blurry) / (1 - gamma)
+
+
+@pytest.mark.parametrize("t", [15, 60])
+def test_scale0_matches_brute_force(pyramid, schedule, t):
+    x, _ = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3)
+    eps = pd(x, torch.full((2,), t), 0)
+    y_ref, eps_ref = brute_force(pyramid, schedule, x, t, 0, 3)
+    torch.testing.assert_close(eps.double(), eps_ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(predict_x0(schedule, x, t, eps).double(), y_ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("t", [15, 60])
+@pytest.mark.parametrize("tau", [None, 0.5])
+def test_finer_scale_with_context_matches_brute_force(pyramid, schedule, t, tau):
+    x, xb = _inputs()
+    gamma = torch.tensor(0.4)
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=tau)
+    eps = pd(x, torch.full((2,), t), 1, blurry=xb, gamma=gamma)
+    y_ref, eps_ref = brute_force(pyramid, schedule, x, t, 1, 3, xb, 0.4, tau)
+    torch.testing.assert_close(eps.double(), eps_ref, atol=ATOL, rtol=0)
+    # the sampler's round trip: x̂0 = (x̂_mix − γx̃)/(1 − γ) is the posterior mean ŷ
+    torch.testing.assert_close(_x0(schedule, x, t, eps, xb, 0.4).double(), y_ref, atol=ATOL, rtol=0)
+
+
+def test_round_trip_is_the_posterior_mean(pyramid, schedule):
+    x, xb = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.3)
+    t, g = 30, 0.25
+    a = float(schedule.sqrt_alphas_cumprod[t])
+    sig = float(schedule.sqrt_one_minus_alphas_cumprod[t])
+    y_hat = pd.posterior_mean(x - a * g * xb, a * (1 - g), sig * sig, 1, xb)
+    eps = pd(x, torch.full((2,), t), 1, blurry=xb, gamma=g)
+    torch.testing.assert_close(_x0(schedule, x, t, eps, xb, g), y_hat, atol=1e-5, rtol=0)
+    # γ = 0 or no blurry picture: the plain posterior, no context
+    plain = pd.posterior_mean(x, a, sig * sig, 1)
+    torch.testing.assert_close(predict_x0(schedule, x, t, pd(x, torch.full((2,), t), 1, blurry=xb, gamma=0.0)),
+                               plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(predict_x0(schedule, x, t, pd(x, torch.full((2,), t), 1)), plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("merge", ["mean", "centre"])
+def test_output_depends_only_on_receptive_radius(pyramid, schedule, merge):
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, merge=merge, context_sigma=0.5)
+    r = pd.receptive_radius
+    assert r == (2 if merge == "mean" else 1)
+    x, xb = _inputs(hw=(15, 15))
+    tt = torch.full((2,), 10)
+    base = pd(x, tt, 1, blurry=xb, gamma=0.3)
+    for what in ("x", "blurry"):
+        x2, xb2 = x.clone(), xb.clone()
+        (x2 if what == "x" else xb2)[:, :, 7, 7] += 0.5
+        changed = (pd(x2, tt, 1, blurry=xb2, gamma=0.3) - base).abs().amax(dim=(0, 1)) > 0
+        ys, xs = torch.nonzero(changed, as_tuple=True)
+        assert int(max((ys - 7).abs().max(), (xs - 7).abs().max())) == r   # reaches r, never beyond
+
+
+@pytest.mark.parametrize("merge", ["mean", "centre"])
+def test_tiling_with_that_halo_is_exact(pyramid, schedule, merge):
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, merge=merge)
+    x, _ = _inputs(hw=(17, 19))
+    tt = torch.full((2,), 12)
+    tiled = TiledDenoiser(pd, tile=5, halo=pd.receptive_radius)
+    # same numbers up to float32 summation order (the blocks differ in size)
+    torch.testing.assert_close(tiled(x, tt, 1), pd(x, tt, 1), atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("merge", ["mean", "centre"])
+def test_circular_mode_wraps(pyramid, schedule, merge):
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, merge=merge, circular=True, context_sigma=0.5)
+    x, xb = _inputs(hw=(9, 11))
+    tt = torch.full((2,), 20)
+    out = pd(x, tt, 1, blurry=xb, gamma=0.2)
+    # on a torus, shifting the input shifts the output (no border)
+    shifted = pd(x.roll((4, 5), (-2, -1)), tt, 1, blurry=xb.roll((4, 5), (-2, -1)), gamma=0.2)
+    torch.testing.assert_close(shifted, out.roll((4, 5), (-2, -1)), atol=1e-5, rtol=0)
+    # a pixel on the left edge depends on the right edge
+    x2 = x.clone()
+    x2[:, :, 4, -1] += 0.5
+    assert (pd(x2, tt, 1, blurry=xb, gamma=0.2) - out)[:, :, 4, 0].abs().max() > 0
+    # works on a picture as small as the patch
+    small = pd(x[:, :, :3, :3], tt, 1)
+    assert small.shape == (2, 3, 3, 3) and torch.isfinite(small).all()
+
+
+def test_picture_as_small_as_the_patch(pyramid, schedule):
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3)
+    x, _ = _inputs(hw=(3, 3))
+    _, eps_ref = brute_force(pyramid, schedule, x, 40, 0, 3)
+    torch.testing.assert_close(pd(x, torch.full((2,), 40), 0).double(), eps_ref, atol=ATOL, rtol=0)
+    with pytest.raises(UserError, match="patch_size"):
+        pd(x[:, :, :2], torch.full((2,), 40), 0)
+
+
+def test_approximate_path(pyramid, schedule):
+    x, xb = _inputs()
+    exact = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5)
+    n_keys = exact.keys_1.shape[0]
+    every = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5, candidates=n_keys)
+    for t in (3, 50):
+        tt = torch.full((2,), t)
+        # compared on x̂0: ε = (r − cŷ)/σ magnifies float32 summation-order differences by c/σ (20 at t = 3)
+        torch.testing.assert_close(predict_x0(schedule, x, t, every(x, tt, 1, blurry=xb, gamma=0.3)),
+                                   predict_x0(schedule, x, t, exact(x, tt, 1, blurry=xb, gamma=0.3)),
+                                   atol=1e-5, rtol=0)
+    # few candidates: near t = 0 the posterior of a noised picture like the training one sits on a
+    # handful of patches, which the index finds
+    few = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=8)
+    t = 3
+    g = torch.Generator().manual_seed(5)
+    clean = pyramid.level_tensor(1)[None, :, 1:10].flip(-1).repeat(2, 1, 1, 1)
+    x = q_sample(schedule, clean, t, torch.randn(clean.shape, generator=g))
+    y_few = predict_x0(schedule, x, t, few(x, torch.full((2,), t), 1))
+    y_all = predict_x0(schedule, x, t, exact(x, torch.full((2,), t), 1))
+    diff = (y_few - y_all).abs()
+    assert diff.mean() < 0.01 and diff.median() < 1e-4, (diff.mean(), diff.median())
+
+
+def test_chunking_does_not_change_results(pyramid, schedule):
+    x, xb = _inputs()
+    tt = torch.full((2,), 25)
+    outs = [PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5, chunk=c, candidates=k)
+            (x, tt, 1, blurry=xb, gamma=0.3) for k in (None, 12) for c in (1, 97, 1 << 24)]
+    for o in outs[1:3]:
+        torch.testing.assert_close(o, outs[0], atol=1e-5, rtol=0)   # float32 summation order only
+    for o in outs[4:]:
+        torch.testing.assert_close(o, outs[3], atol=1e-5, rtol=0)
+
+
+def test_flipped_keys_double_the_patches(pyramid, schedule):
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, flips=True, context_sigma=0.5)
+    plain = PatchDenoiser(pyramid, schedule, patch_size=3)
+    assert pd.keys_1.shape[0] == 2 * plain.keys_1.shape[0] == pd.ctx_1.shape[0]
+    # every mirrored key is a training patch flipped left-right
+    k = plain.keys_1.view(-1, 3, 3, 3).flip(-1).flatten(1)
+    assert torch.equal(torch.sort(pd.keys_1, 0).values, torch.sort(torch.cat([plain.keys_1, k]), 0).values)
+
+
+def test_batch_with_mixed_timesteps(pyramid, schedule):
+    x, _ = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3)
+    both = pd(x, torch.tensor([10, 40]), 0)
+    torch.testing.assert_close(both[:1], pd(x[:1], torch.tensor([10]), 0))
+    torch.testing.assert_close(both[1:], pd(x[1:], torch.tensor([40]), 0))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(patch_size=9), "patch_size"),          # larger than scale 0's 8×7 level
+    (dict(patch_size=4), "patch_size"),
+    (dict(patch_size=0), "patch_size"),
+    (dict(patch_size=-3), "patch_size"),
+    (dict(patch_size=(3, 5, 7)), "patch_size"),
+    (dict(scales=[2]), "scales"),
+    (dict(scales=[-1]), "scales"),
+    (dict(context_sigma=0.0), "context_sigma"),
+    (dict(candidates=0), "candidates"),
+    (dict(chunk=0), "chunk"),
+    (dict(merge="median"), "merge"),
+])
+def test_bad_parameters(pyramid, schedule, kwargs, name):
+    with pytest.raises(UserError, match=name) as e:
+        PatchDenoiser(pyramid, schedule, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_scale_not_served(pyramid, schedule):
+    pd = PatchDenoiser(pyramid, schedule, scales=[1], patch_size=3)
+    with pytest.raises(UserError, match="scale 0"):
+        pd(torch.zeros(1, 3, 5, 5), torch.tensor([3]), 0)
