@@ -165,7 +165,9 @@ def _announce(trainer, out: Path, device, steps: int) -> None:
     sizes = " ".join(f"{w}x{h}" for h, w in trainer.pyramid.sizes_hw)
     batches = scale_batch_sizes(trainer.config.train, trainer.pyramid.n_scales)
     batch = str(batches[0]) if len(set(batches)) == 1 else "/".join(map(str, batches)) + " (coarse to fine)"
-    _note(f"training {out} on {device}: {trainer.pyramid.n_scales} scales (w x h: {sizes}), network width "
+    n, k = trainer.pyramid.n_scales, trainer.trained_scales
+    hybrid = "" if k == n else f" (hybrid: the network learns the {k} coarsest, the patch denoiser serves the rest)"
+    _note(f"training {out} on {device}: {n} scales (w x h: {sizes}){hybrid}, network width "
           f"{trainer.config.model.dim}, batch {batch}, precision {trainer.precision}, "
           f"steps {trainer.step} -> {steps}")
     warning = ema_warning(trainer.config.train, steps)
