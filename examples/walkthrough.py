@@ -35,17 +35,17 @@ def main() -> None:
     print("loaded:", model)
     n = 1 if args.quick else 4
     panoramas = model.sample(n, scale_hw=(1, 2), seed=0)
-    SinDDM.save(panoramas, out / "panoramas")
+    SinDDM.save_images(panoramas, out / "panoramas")
 
     # 3. Edit: a source box of the training image copied into a target box of every sample.
     h, w = model.size
-    boxes = model.roi_copy(source=(h // 2, w // 4, 16, 16), targets=[(8, 8, 16, 16)], n=n, seed=1)
-    SinDDM.save(boxes, out / "roi_copy", prefix="roi_copy")
+    boxes = model.roi_copy(source=(h // 2, w // 4, 16, 16), targets=[(8, 8, 16, 16)], num=n, seed=1)
+    SinDDM.save_images(boxes, out / "roi_copy", prefix="roi_copy")
 
     # 4. Style transfer: our own small model's picture in the shipped model's colours and textures.
     content = Image.open(out / "run" / "samples_grid.png").convert("RGB")
-    styled = model.style_transfer(content, n=1, seed=2)
-    SinDDM.save(styled, out / "style_transfer", prefix="style_transfer")
+    styled = model.style_transfer(content, num=1, seed=2)
+    SinDDM.save_images(styled, out / "style_transfer", prefix="style_transfer")
     print(f"wrote {out}/panoramas, roi_copy, style_transfer")
 
 

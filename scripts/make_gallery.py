@@ -92,7 +92,7 @@ def main() -> None:
         # Object sizes: the coarsest noise starts at level k's size.
         panels = []
         for k in range(loaded.pyramid.n_scales):
-            run("sample", model, "--num", "4", "--start-scale", str(k), "--seed", "2", "--out", str(tmp / f"k{k}"))
+            run("sample", model, "--num", "4", "--start-level", str(k), "--seed", "2", "--out", str(tmp / f"k{k}"))
             panels.append(row(pictures(tmp / f"k{k}"), z, f"k={k}"))
         column(panels).save(out / "object_sizes.png")
 
@@ -107,7 +107,7 @@ def main() -> None:
         composite.save(tmp / "composite.png")
         Image.fromarray(mask).save(tmp / "mask.png")
         run("edit", model, "harmonize", "--composite", str(tmp / "composite.png"), "--mask", str(tmp / "mask.png"),
-            "--start-t", "12", "--num", "3", "--seed", "3", "--out", str(tmp / "harmonize"))
+            "--noise-level", "12", "--num", "3", "--seed", "3", "--out", str(tmp / "harmonize"))
         row([composite, *pictures(tmp / "harmonize")], z, "composite | harmonized").save(out / "harmonize.png")
 
         # Style transfer: rocket.jpg in the training image's colours and textures.

@@ -1,104 +1,160 @@
-"""`SinDDM`: the public object. Load a model (or train one), then sample and edit from Python:
+"""`SinDDM`: the public object. Load a model (or train one, or make one from a picture), then
+sample and edit from Python:
 
     from sinddm import SinDDM
     model = SinDDM.load("assets/models/hubble-small.safetensors")
     images = model.sample(4, scale_hw=(1, 2), seed=0)          # PIL images
-    model.save(images, "out")                                   # out/sample_000.png ...
+    SinDDM.save_images(images, "out")                           # out/sample_000.png ...
 
-Every method checks its input as the command line does (`UserError`, one line) and returns PIL
-images (`output="pil"`, the default) or 3×H×W tensors in [-1, 1] (`output="tensor"`).
-The command line is written on top of this object's building blocks.
+Every method checks every argument and raises `sinddm.errors.ParameterError` (a `UserError`),
+one line naming the parameter, before any work. The command line, job files and the studio call
+these methods (through `prepare`) and rename the parameter to their flag, key or field.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from . import checks as C
 from .checkpoint import LoadedModel
-from .devices import plan_tile, resolve_device, resolve_precision
-from .errors import UserError
-from .image_io import load_rgb, to_tensor, to_uint8
-from .pyramid import DEFAULT_MAX_PIXELS, checked_sample_sizes
-from .regions import Box, box_outside, parse_box
+from .devices import resolve_device, resolve_precision
+from .errors import ParameterError
+from .image_io import to_uint8
+from .prepared import PREPARERS, Prepared
+from .prepared_text import TEXT_PREPARERS
+from .pyramid import DEFAULT_MAX_PIXELS
+from .regions import Box
 
 PathLike = str | os.PathLike
-Picture = PathLike | Image.Image | np.ndarray
+Picture = PathLike | Image.Image | np.ndarray     # a uint8 H×W×3 array
+BoxLike = Box | str | Sequence[int]
+_OPERATIONS = {**PREPARERS, **TEXT_PREPARERS}
 
 
-def _picture(p: Picture, what: str) -> Image.Image:
-    if isinstance(p, Image.Image):
-        return p.convert("RGB") if p.mode not in ("RGB", "L") else p
-    if isinstance(p, np.ndarray):
-        return Image.fromarray(p.astype(np.uint8))
-    try:
-        return load_rgb(p)
-    except UserError as e:
-        raise UserError(f"{what}: {e}") from None
-
-
-def _tile(tile: int | None) -> int | None:
-    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-        raise UserError(f"tile must be a whole number of pixels >= 1, got {tile!r}")
-    return tile
-
-
-def _box(b: Box | str | Sequence[int]) -> Box:
-    return b if isinstance(b, Box) else parse_box(b if isinstance(b, str) else ",".join(map(str, b)))
+def _device(device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise ParameterError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolve_device(device)
 
 
 class SinDDM:
-    """A trained SinDDM model on a device, with sampling and every edit mode as methods."""
+    """A SinDDM model on a device: trained, hybrid or training-free, with sampling and every
+    edit mode as methods. Make one with `load`, `from_image` or `train`.
+
+    Attributes:
+        loaded: the model, its pyramid and config (`sinddm.checkpoint.LoadedModel`).
+        device: where it runs.
+        precision: 'auto', 'fp32' or 'fast' (see `load`).
+    """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, precision: str = "auto"):
-        self.loaded, self.device, self.precision = loaded, device, precision
+        self.loaded, self.device = loaded, device
+        self.precision = C.choice("precision", precision, ("auto", "fp32", "fast"))
 
     # -- making one --------------------------------------------------------------------------
     @classmethod
     def load(cls, path: PathLike, device: str | torch.device = "auto", precision: str = "auto",
              max_pixels: int | None = None) -> "SinDDM":
-        """A run folder, a model.safetensors or a checkpoint.pt; or a picture file, which gives the
-        training-free model of `from_image` (`max_pixels`: its pixel cap, pictures only)."""
+        """Load a model file, or make a training-free model from a picture.
+
+        Args:
+            path: a run folder, a `model.safetensors`, a `checkpoint.pt`, or a picture file (then
+                the model is `from_image`'s).
+            device: 'auto' (CUDA when there is one), 'cpu', 'cuda' or 'cuda:N', or a torch.device.
+            precision: 'auto' (the device's fast path where it has one), 'fp32' (the exact path,
+                pinned by the golden tests) or 'fast' (bf16 network, CUDA graphs).
+            max_pixels: for a picture only: its pixel cap (default 50000, as training).
+
+        Returns:
+            The model.
+
+        Raises:
+            UserError: a missing or unreadable file, a bad device or precision; `max_pixels`
+                given with a model file.
+        """
         from .sources import open_model
 
-        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        resolve_precision(precision, dev)
-        return cls(open_model(path, dev, max_pixels), dev, precision)
+        dev = _device(device)
+        resolve_precision(C.choice("precision", precision, ("auto", "fp32", "fast")), dev)
+        mp = C.optional_whole("max_pixels", max_pixels, 1)
+        return cls(open_model(path, dev, mp), dev, precision)
 
     @classmethod
     def from_image(cls, image: Picture, max_pixels: int = DEFAULT_MAX_PIXELS, device: str | torch.device = "auto",
                    precision: str = "auto") -> "SinDDM":
-        """A training-free model of `image` (a path, PIL image or uint8 H×W×3 array), made at once:
-        the closed-form patch denoiser at every scale (docs/method.md §11), on the pyramid training
-        would build with the same `max_pixels`. Samples and every edit work on it as on a trained one."""
+        """A training-free model of a picture, made at once: the closed-form patch denoiser at
+        every scale (docs/method.md §11), on the pyramid training would build.
+
+        Args:
+            image: a path, a PIL image or a uint8 H×W×3 array.
+            max_pixels: the pixel cap the picture is shrunk to first (as in training).
+            device: as in `load`.
+            precision: as in `load`.
+
+        Returns:
+            The model; it samples and edits like a trained one.
+
+        Raises:
+            UserError: an unreadable picture, or one too small for a pyramid (42 px short side).
+        """
         from .sources import picture_model
 
-        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        resolve_precision(precision, dev)
+        dev = _device(device)
+        resolve_precision(C.choice("precision", precision, ("auto", "fp32", "fast")), dev)
         source = str(image) if isinstance(image, (str, os.PathLike)) else "image"
-        return cls(picture_model(_picture(image, "image"), max_pixels, source, dev), dev, precision)
+        return cls(picture_model(C.picture(image, "image"), C.whole("max_pixels", max_pixels, 1), source, dev),
+                   dev, precision)
 
     @classmethod
-    def train(cls, image: Picture, out: PathLike, config=None, steps: int | None = None, seed: int = 0,
-              device: str | torch.device = "auto", precision: str = "auto", resume: bool = False,
+    def train(cls, image: PathLike | Image.Image, out: PathLike, config=None, steps: int | None = None,
+              seed: int = 0, device: str | torch.device = "auto", precision: str = "auto", resume: bool = False,
               overwrite: bool = False, progress: bool = True) -> "SinDDM":
-        """Train on `image` into the run folder `out` (what `sinddm train` writes), then load it.
-        `config`: a `Config`, a YAML path or None (the paper's recipe)."""
+        """Train on a picture into a run folder (what `sinddm train` writes), then load the result.
+
+        Args:
+            image: the training picture (a path or a PIL image).
+            out: the run folder.
+            config: a `sinddm.Config`, a YAML path, or None for the paper's recipe.
+            steps: overrides `train.steps`.
+            seed: the training seed.
+            device: as in `load`.
+            precision: as in `load`.
+            resume: continue the run in `out` exactly where it stopped.
+            overwrite: replace an earlier run in `out`.
+            progress: show a progress bar.
+
+        Returns:
+            The trained model.
+
+        Raises:
+            UserError: bad picture, config or folder.
+        """
         from .runs import train_run
 
-        picture = image if isinstance(image, (str, os.PathLike)) else _picture(image, "image")
-        run = train_run(picture, out, config, steps=steps, seed=seed, device=device, precision=precision,
-                        resume=resume, overwrite=overwrite, progress=progress)
+        picture = image if isinstance(image, (str, os.PathLike)) else C.picture(image, "image")
+        run = train_run(picture, out, config, steps=C.optional_whole("steps", steps, 1), seed=C.seed(seed),
+                        device=device, precision=precision, resume=C.flag("resume", resume),
+                        overwrite=C.flag("overwrite", overwrite), progress=progress)
         return cls.load(run, device, precision)
+
+    def to(self, device: str | torch.device) -> "SinDDM":
+        """Move the model to `device` ('cpu', 'cuda', ...); returns the model itself."""
+        self.device = _device(device)
+        self.loaded.model.to(self.device)
+        return self
 
     # -- facts -------------------------------------------------------------------------------
     @property
     def pyramid(self):
+        """The training picture's pyramid (`sinddm.Pyramid`), coarsest level first."""
         return self.loaded.pyramid
 
     @property
@@ -106,185 +162,255 @@ class SinDDM:
         """The finest training scale's (height, width): boxes are in these pixels."""
         return tuple(self.pyramid.sizes_hw[-1])
 
+    @property
+    def start_t(self) -> list[int]:
+        """The default start timesteps T[0..N-1] of this pyramid."""
+        return list(self.loaded.start_t)
+
     def sizes(self, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
               start_level: int = 0) -> list[tuple[int, int]]:
-        """Per-scale (h, w) of an output: `scale_hw` multiplies every scale, `size` fixes the finest."""
-        pyr = self.pyramid
-        if not 0 <= start_level < pyr.n_scales:
-            raise UserError(f"start_level must be in 0..{pyr.n_scales - 1}, got {start_level}")
-        return checked_sample_sizes(pyr, scale_hw=scale_hw, size_hw=size, start_level=start_level)
+        """Per-scale (height, width) of an output.
 
-    # -- sampling ----------------------------------------------------------------------------
-    def sample(self, n: int = 1, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
-               start_level: int = 0, start_t: Sequence[int] | None = None, seed: int = 0,
-               batch_size: int | None = None, scale0_steps: int | None = None, progress: bool = False,
-               output: str = "pil", tile: int | None = None, tileable: bool = False):
-        """`n` random samples through the whole pyramid (method §5). `tile`: run the network on tiles
-        of this many px (the same pictures in bounded memory; on by itself when the size does not fit);
-        `tileable`: a seamless texture (the network and the up-sampling wrap around)."""
-        from .pipeline import generate
+        Args:
+            scale_hw: multiplies every scale's height and width.
+            size: fixes the finest output's (height, width); the coarser follow by the factor r.
+            start_level: object size: start the coarsest noise at level K's size.
 
-        sizes = self.sizes(scale_hw, size, start_level)
-        tile = plan_tile(sizes, self.loaded.model, batch_size, self.device, _tile(tile), num=n)
-        images = generate(self.loaded, n, sizes, list(start_t or self.loaded.start_t), seed=seed,
-                          batch_size=batch_size, device=self.device, progress=progress, precision=self.precision,
-                          scale0_steps=scale0_steps, tile=tile, tileable=tileable)
-        return self._out(images, output)
+        Returns:
+            One (height, width) per scale, coarsest first.
 
-    # -- image-guided edits (method §7) ------------------------------------------------------
-    # Every edit takes `tile` (px): the network runs on tiles, the same pictures in bounded memory.
-    def _loaded(self, tile: int | None):
+        Raises:
+            ParameterError: both `size` and `scale_hw`, a bad value, or an output too small or too large.
+        """
+        from .prepared import _sizes
+
+        return _sizes(self, scale_hw, size, start_level)
+
+    def tiled(self, tile: int | None):
+        """The model run on `tile`-px tiles (the same numbers, bounded memory); itself for None."""
         from .tiling import tiled_loaded
 
-        return tiled_loaded(self.loaded, _tile(tile))
+        return tiled_loaded(self.loaded, C.optional_whole("tile", tile, 1))
 
-    def harmonize(self, composite: Picture, mask: Picture, n: int = 1, t_start: int | None = None,
-                  seed: int = 0, batch_size: int | None = None, progress: bool = False, output: str = "pil",
-                  tile: int | None = None):
-        """Blend a pasted object into its surroundings; `mask` is white on black where it is."""
-        from .editing import HARMONIZE_START_T, harmonize, resize_like_training
-        from .masks import harmonization_mask
+    # -- every operation -----------------------------------------------------------------------
+    def prepare(self, name: str, **arguments) -> Prepared:
+        """Check a call of the method `name` with `arguments` without running it.
 
-        comp, m = _picture(composite, "composite"), _picture(mask, "mask")
-        if m.size != comp.size:
-            raise UserError(f"mask: {m.width}x{m.height} px but the composite is {comp.width}x{comp.height} px; "
-                            "give a mask of the composite's size")
-        picture = resize_like_training(comp, self.loaded.config.image.max_pixels)
+        Returns:
+            A `sinddm.prepared.Prepared`; its `run()` returns the pictures as 3×H×W tensors.
+
+        Raises:
+            ParameterError: as the method would, before any work.
+        """
+        if name not in _OPERATIONS:
+            raise ParameterError("name", f"unknown operation {name!r}; one of {', '.join(sorted(_OPERATIONS))}")
         try:
-            soft = harmonization_mask(m, picture.shape[:2])
-        except ValueError:
-            raise UserError("mask: empty at the composite's working size; paint the pasted region white") from None
-        images = harmonize(self._loaded(tile), to_tensor(np.ascontiguousarray(picture)), soft, num=n, seed=seed,
-                           t_start=t_start or HARMONIZE_START_T, batch_size=batch_size, device=self.device,
-                           progress=progress)
-        return self._out(images, output)
+            return _OPERATIONS[name](self, **arguments)
+        except TypeError as e:  # an unknown keyword: say which, in the caller's terms
+            if "unexpected keyword argument" not in str(e):
+                raise
+            raise ParameterError(str(e).split("'")[1], f"is not a parameter of {name}") from None
 
-    def style_transfer(self, content: Picture, n: int = 1, t_start: int | None = None, seed: int = 0,
-                       batch_size: int | None = None, progress: bool = False, output: str = "pil",
-                       tile: int | None = None):
-        """The content picture with the training image's colours and fine textures."""
-        from .editing import STYLE_TRANSFER_START_T, prepare_content, style_transfer
+    def _call(self, name: str, output: str, arguments: dict):
+        output = C.choice("output", output, C.OUTPUTS)
+        arguments.pop("self")
+        result = self.prepare(name, **arguments).run()
+        if output == "tensor":
+            return result
+        if result and isinstance(result[0], list):   # sample(all_scales=True)
+            return [[Image.fromarray(to_uint8(x)) for x in scale] for scale in result]
+        return [Image.fromarray(to_uint8(x)) for x in result]
 
-        prepared = prepare_content(_picture(content, "content"), self.pyramid, self.loaded.config.image.max_pixels)
-        images = style_transfer(self._loaded(tile), to_tensor(prepared), num=n, seed=seed,
-                                t_start=t_start or STYLE_TRANSFER_START_T, batch_size=batch_size,
-                                device=self.device, progress=progress)
-        return self._out(images, output)
+    def sample(self, num: int = 1, scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
+               start_level: int = 0, start_t: Sequence[int] | None = None, scale0_steps: int | None = None,
+               seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
+               tile: int | None = None, tileable: bool = False,
+               callback: Callable[[int, int, torch.Tensor], None] | None = None, all_scales: bool = False,
+               progress: bool = False, output: str = "pil"):
+        """Random samples through the whole pyramid (method §5).
 
-    def roi_copy(self, source: Box | str | Sequence[int], targets: Sequence[Box | str | Sequence[int]], n: int = 1,
+        Args:
+            num: how many pictures (>= 1).
+            scale_hw: multiplies every scale's (height, width), e.g. (1, 2) for a panorama.
+            size: the finest output's (height, width) in pixels (instead of `scale_hw`).
+            start_level: object size: start the coarsest noise at level K's size (0..N-1).
+            start_t: start timesteps T[1..N-1], or T[0..N-1] (T[0] in 1..100, the rest 1..99).
+            scale0_steps: sample the coarsest scale in this many respaced steps (2..100).
+            seed: batch b is seeded with seed + 1000003·b (the same pictures for any `num`).
+            generator: draw each batch's seed from this torch.Generator instead.
+            batch_size: pictures per batch (default: what fits; 4 on a CPU).
+            tile: run the denoiser on tiles of this many px (the same pictures, bounded memory).
+            tileable: a seamless texture (everything wraps around a torus).
+            callback: `callback(scale, t, x0)` at every step, x0 the step's estimate (N×3×h×w).
+            all_scales: return every scale's outputs, a list per scale (coarsest first).
+            progress: show a progress bar.
+            output: 'pil' for PIL images, 'tensor' for 3×H×W tensors in [-1, 1].
+
+        Returns:
+            `num` pictures (or, with `all_scales`, one such list per scale).
+
+        Raises:
+            ParameterError: any bad argument, before any work.
+        """
+        return self._call("sample", output, _args(locals()))
+
+    def harmonize(self, composite: Picture, mask: Picture, num: int = 1, noise_level: int = C.HARMONIZE_NOISE_LEVEL,
+                  seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
+                  tile: int | None = None, progress: bool = False, output: str = "pil"):
+        """Blend an object pasted into a picture (a naive composite) into its surroundings (method §7.1).
+
+        Args:
+            composite: the pasted picture (resized like the training picture).
+            mask: a picture of the composite's size, white where the pasted object is.
+            num, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            noise_level: the timestep the composite is noised to, 1..99 (higher: stronger blending).
+
+        Returns:
+            `num` pictures equal to the composite wherever the soft mask is 0.
+
+        Raises:
+            ParameterError: an unreadable, empty or mis-sized mask, a bad value, or precision 'fast'.
+        """
+        return self._call("harmonize", output, _args(locals()))
+
+    def style_transfer(self, content: Picture, num: int = 1, noise_level: int = C.STYLE_TRANSFER_NOISE_LEVEL,
+                       seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
+                       tile: int | None = None, progress: bool = False, output: str = "pil"):
+        """A content picture with the training picture's colours and fine textures (method §7.2).
+
+        Args:
+            content: the content picture (any size; resized like the training picture).
+            noise_level: the timestep it is noised to, 1..99 (higher: more texture, less content).
+            num, seed, generator, batch_size, tile, progress, output: as in `sample`.
+
+        Returns:
+            `num` pictures at the content's working size.
+
+        Raises:
+            ParameterError: an unreadable or too small picture, a bad value, or precision 'fast'.
+        """
+        return self._call("style_transfer", output, _args(locals()))
+
+    def roi_copy(self, source: BoxLike, targets: Sequence[BoxLike], num: int = 1,
                  scale_hw: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
-                 start_t: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
-                 progress: bool = False, output: str = "pil",
-                 tile: int | None = None):
-        """Samples whose target boxes (y, x, h, w in output pixels) copy the training image's source box."""
-        from .editing import roi_generate
+                 start_t: Sequence[int] | None = None, seed: int = 0, generator: torch.Generator | None = None,
+                 batch_size: int | None = None, tile: int | None = None, progress: bool = False,
+                 output: str = "pil"):
+        """Samples whose target boxes copy the training picture's source box (method §7.3).
 
-        if self.pyramid.n_scales < 2:
-            raise UserError("roi_copy needs a model with at least 2 scales")
-        src, tgts = _box(source), [_box(t) for t in targets]
-        sizes = self.sizes(scale_hw, size)
-        if box_outside(src, self.size):
-            raise UserError(f"source {src}: reaches beyond the training image's finest scale {self.size}")
-        for t in tgts:
-            if box_outside(t, sizes[-1]):
-                raise UserError(f"target {t}: reaches beyond the output {tuple(sizes[-1])}")
-        images = roi_generate(self._loaded(tile), sizes, list(start_t or self.loaded.start_t), src, tgts, num=n, seed=seed,
-                              batch_size=batch_size, device=self.device, progress=progress)
-        return self._out(images, output)
+        Args:
+            source: a box (y, x, h, w) of the training picture's finest scale.
+            targets: boxes of the output, in its finest pixels.
+            num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
+
+        Returns:
+            `num` pictures.
+
+        Raises:
+            ParameterError: a box outside its picture, a 1-scale model, a bad value, or precision 'fast'.
+        """
+        return self._call("roi_copy", output, _args(locals()))
 
     # -- text-guided edits (method §6) -------------------------------------------------------
-    def _text(self, clip, views, check_prompt: str) -> dict:
-        from .clip import ClipSpec, resolve_clip
-        from .clip_views import DEFAULT_VIEW_MODE
-
-        if not str(check_prompt).strip():
-            raise UserError("prompt: empty; give a few words, e.g. 'a medieval castle'")
-        spec = clip if isinstance(clip, ClipSpec) else ClipSpec() if clip is None else ClipSpec(model=str(clip))
-        resolve_clip(spec)  # the weights can be had (or one line saying how to get them), before any work
-        return dict(clip=spec, views=views or DEFAULT_VIEW_MODE, device=self.device, precision=self.precision)
-
-    def text_content(self, prompt: str, n: int = 1, scale_hw=None, size=None, start_t=None, guide_from: int = 1,
+    def text_content(self, text: str, num: int = 1, scale_hw=None, size=None, start_t=None, guide_from: int = 1,
                      strength: float = 0.3, fill_factor: float = 0.3, momentum: float = 0.2, seed: int = 0,
-                     clip=None, views: str | None = None, batch_size: int | None = None, progress: bool = False,
-                     output: str = "pil", tile: int | None = None):
-        """New content from a prompt (CLIP guidance from scale `guide_from` on). `clip`: a
-        `sinddm.clip.ClipSpec` (default ViT-B/32, OpenAI weights); `views`: reference / aspect / square."""
-        from .text_edits import text_content
+                     generator=None, clip=None, clip_views: str | None = None, batch_size: int | None = None,
+                     tile: int | None = None, progress: bool = False, output: str = "pil"):
+        """New content from a text prompt (CLIP guidance, method §6.5-6.7).
 
-        if not 0 <= guide_from < self.pyramid.n_scales:
-            raise UserError(f"guide_from must be in 0..{self.pyramid.n_scales - 1}, got {guide_from}")
-        images = text_content(self._loaded(tile), prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
-                              strength=strength, fill_factor=fill_factor, momentum=momentum, guide_from=guide_from,
-                              batch_size=batch_size, progress=progress, **self._text(clip, views, prompt))
-        return self._out(images, output)
+        Args:
+            text: the prompt.
+            guide_from: the first guided scale (0 also reshapes the layout).
+            strength: the guidance step η in [0, 1].
+            fill_factor: the fraction of the picture the text may change, in [0, 1].
+            momentum: λ in [0, 1], keeping the previous guided estimate inside the mask.
+            clip: a `sinddm.clip.ClipSpec` or an open_clip model name (default ViT-B/32, OpenAI weights).
+            clip_views: how CLIP sees x̂0: 'reference', 'aspect' or 'square'.
+            num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
 
-    def text_style(self, prompt: str, n: int = 1, scale_hw=None, size=None, start_t=None, strength: float = 0.3,
-                   fill_factor: float = 1.0, momentum: float = 0.05, seed: int = 0, clip=None,
-                   views: str | None = None, batch_size: int | None = None, progress: bool = False,
-                   output: str = "pil", tile: int | None = None):
-        """Samples in the style the prompt names (prompt + " Style"; guidance at the finest scale)."""
-        from .text_edits import text_style
+        Returns:
+            `num` pictures.
 
-        images = text_style(self._loaded(tile), prompt, num=n, seed=seed, sizes_hw=self.sizes(scale_hw, size), start_t=start_t,
-                            strength=strength, fill_factor=fill_factor, momentum=momentum, batch_size=batch_size,
-                            progress=progress, **self._text(clip, views, prompt))
-        return self._out(images, output)
+        Raises:
+            ParameterError: an empty prompt, unreachable CLIP weights, a bad value.
+        """
+        return self._call("text_content", output, _args(locals()))
 
-    def text_style_transfer(self, prompt: str, n: int = 1, start_t=None, strength: float = 0.3, fill_factor: float = 1.0,
-                            momentum: float = 0.05, seed: int = 0, clip=None, views: str | None = None,
-                            batch_size: int | None = None, progress: bool = False, output: str = "pil",
-                            tile: int | None = None):
-        """The training image restyled by the prompt."""
-        from .text_edits import text_style_transfer
+    def text_style(self, text: str, num: int = 1, scale_hw=None, size=None, start_t=None, strength: float = 0.3,
+                   fill_factor: float = 1.0, momentum: float = 0.05, seed: int = 0, generator=None, clip=None,
+                   clip_views: str | None = None, batch_size: int | None = None, tile: int | None = None,
+                   progress: bool = False, output: str = "pil"):
+        """Samples in the style a prompt names (prompt + " Style", guided at the finest scale).
 
-        if self.pyramid.n_scales < 2:
-            raise UserError("text_style_transfer needs a model with at least 2 scales")
-        images = text_style_transfer(self._loaded(tile), prompt, num=n, seed=seed, start_t=start_t, strength=strength,
-                                     fill_factor=fill_factor, momentum=momentum, batch_size=batch_size,
-                                     progress=progress, **self._text(clip, views, prompt))
-        return self._out(images, output)
+        Args:
+            text: the style, e.g. 'Van Gogh'.
+            strength, fill_factor, momentum, clip, clip_views: as in `text_content`.
+            num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
 
-    def text_roi(self, prompt: str, box=None, mask: Picture | None = None, n: int = 1, iterations: int = 100,
-                 strength: float = 0.1, seed: int = 0, clip=None, views: str | None = None,
-                 batch_size: int | None = None, progress: bool = False, output: str = "pil",
-                 tile: int | None = None):
-        """Content from the prompt inside a region of the training image: a `box` (y, x, h, w) or a
-        `mask` picture (white inside; resized to the finest scale)."""
-        from .masks import mask_channel
-        from .text_edits import text_roi
+        Returns:
+            `num` pictures.
 
-        if (box is None) == (mask is None):
-            raise UserError("text_roi: give a box or a mask (one of them)")
-        region = None
-        if box is not None:
-            b = _box(box)
-            if box_outside(b, self.size):
-                raise UserError(f"box {b}: outside the {self.size[0]}x{self.size[1]} finest scale")
-            box = tuple(b)
-        else:
-            a = mask_channel(_picture(mask, "mask"), self.size) > 0
-            if not a.any():
-                raise UserError("mask: no white pixels at the finest scale; mark the region in white")
-            ys, xs = np.nonzero(a)
-            box = (int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1))
-            region = torch.from_numpy(a.astype(np.float32)).view(1, 1, *a.shape)
-        images = text_roi(self._loaded(tile), prompt, box, region, num=n, seed=seed, iterations=iterations,
-                          strength=strength, batch_size=batch_size, progress=progress,
-                          **self._text(clip, views, prompt))
-        return self._out(images, output)
+        Raises:
+            ParameterError: an empty prompt, unreachable CLIP weights, a bad value.
+        """
+        return self._call("text_style", output, _args(locals()))
 
-    # -- outputs -----------------------------------------------------------------------------
+    def text_style_transfer(self, text: str, num: int = 1, start_t=None, strength: float = 0.3,
+                            fill_factor: float = 1.0, momentum: float = 0.05, seed: int = 0, generator=None,
+                            clip=None, clip_views: str | None = None, batch_size: int | None = None,
+                            tile: int | None = None, progress: bool = False, output: str = "pil"):
+        """The training picture restyled by a prompt (its level N-2 injected, the finest scale guided).
+
+        Args:
+            text: the style.
+            strength, fill_factor, momentum, clip, clip_views: as in `text_content`.
+            num, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
+
+        Returns:
+            `num` pictures at the training size.
+
+        Raises:
+            ParameterError: a 1-scale model, an empty prompt, unreachable CLIP weights, a bad value.
+        """
+        return self._call("text_style_transfer", output, _args(locals()))
+
+    def text_roi(self, text: str, box: BoxLike | None = None, mask: Picture | None = None, num: int = 1,
+                 iterations: int = 100, step_size: float = 0.1, seed: int = 0, generator=None, clip=None,
+                 clip_views: str | None = None, batch_size: int | None = None, tile: int | None = None,
+                 progress: bool = False, output: str = "pil"):
+        """Content from a prompt inside a region of the training picture (method §6.7).
+
+        Args:
+            text: the prompt.
+            box: the region (y, x, h, w) at the finest scale; or
+            mask: the region as a picture, white inside (resized to the finest scale).
+            iterations: CLIP steps on the region (>= 0).
+            step_size: each step's size relative to the region's norm, in [0, 1].
+            clip, clip_views: as in `text_content`.
+            num, seed, generator, batch_size, tile, progress, output: as in `sample`.
+
+        Returns:
+            `num` pictures at the training size.
+
+        Raises:
+            ParameterError: neither or both of box and mask, a region outside the picture or empty,
+                an empty prompt, unreachable CLIP weights, a bad value.
+        """
+        return self._call("text_roi", output, _args(locals()))
+
+    # -- pictures out ------------------------------------------------------------------------
     @staticmethod
-    def _out(images: list[torch.Tensor], output: str):
-        if output == "tensor":
-            return images
-        if output != "pil":
-            raise UserError(f"output '{output}': use 'pil' or 'tensor'")
-        return [Image.fromarray(to_uint8(x)) for x in images]
+    def save_images(images, out: PathLike, prefix: str = "sample") -> list[Path]:
+        """Write pictures as `out/prefix_000.png ...` and `out/grid.png` (earlier ones replaced).
 
-    @staticmethod
-    def save(images, out: PathLike, prefix: str = "sample") -> list[Path]:
-        """`out/prefix_000.png ...` and `out/grid.png` (earlier ones replaced); returns the pictures' paths."""
+        Args:
+            images: PIL images, uint8 H×W×3 arrays or 3×H×W tensors in [-1, 1].
+            out: the folder (created).
+            prefix: the file names' start.
+
+        Returns:
+            The pictures' paths (grid.png not included).
+        """
         from .image_io import write_images
 
         return write_images(out, images, prefix, log=False)
@@ -295,3 +421,8 @@ class SinDDM:
         kind = (f"width {self.loaded.model.dim}" if k is None or k == n else "training-free" if k == 0
                 else f"hybrid: network at {k} of {n} scales, width {self.loaded.model.dim}")
         return f"SinDDM({self.loaded.path}, {kind}, {n} scales, {w}x{h} px, step {self.loaded.step}, {self.device})"
+
+
+def _args(frame_locals: dict) -> dict:
+    """A method's arguments as `prepare` takes them (its own `self`, `output` left out)."""
+    return {k: v for k, v in frame_locals.items() if k not in ("output", "__class__")}

@@ -22,13 +22,12 @@ import torch
 from PIL import Image
 
 from .devices import auto_batch_size
-from .pipeline import generator, progress_bar, seeded_batches
+from .pipeline import make_generator, progress_bar, seeded_batches
 from .pyramid import Pyramid, working_size
 from .regions import ROI_WEIGHT, Box, roi_hooks
+from .checks import HARMONIZE_NOISE_LEVEL, STYLE_TRANSFER_NOISE_LEVEL
 from .samplers import denoise_at_scale, sample_pyramid
 
-HARMONIZE_START_T = 5         # method §7.1
-STYLE_TRANSFER_START_T = 15   # method §7.2
 
 
 # -- pictures --------------------------------------------------------------------------------
@@ -81,7 +80,7 @@ def prepare_content(picture: Image.Image, pyramid: Pyramid, max_pixels: int) -> 
 
 def _denoise_finest(loaded, picture: torch.Tensor, mask: torch.Tensor | None, num: int, seed: int,
                     t_start: int, batch_size: int | None, device, progress: bool, ancestral: bool,
-                    desc: str) -> list[torch.Tensor]:
+                    desc: str, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """`num` denoisings of `picture` at the finest scale from t_start with γ = 0; with a mask,
     m · result + (1 - m) · picture."""
     device = torch.device(device)
@@ -96,45 +95,45 @@ def _denoise_finest(loaded, picture: torch.Tensor, mask: torch.Tensor | None, nu
 
     with progress_bar(math.ceil(num / bs) * t_start, desc, progress) as bar:
         def one(n: int, s: int) -> torch.Tensor:
-            gen = generator(device, s)
+            gen = make_generator(device, s)
             x = c.expand(n, -1, -1, -1)
             noise = torch.randn(x.shape, generator=gen, device=device)
             result = denoise_at_scale(model, schedule, x, finest, t_start, noise, ancestral=ancestral,
                                       generator=gen, progress=bar)
             return result if m is None else m * result + (1 - m) * x
 
-        return seeded_batches(num, bs, seed, one)
+        return seeded_batches(num, bs, seed, one, generator)
 
 
 @torch.no_grad()
 def harmonize(loaded, composite: torch.Tensor, soft_mask: torch.Tensor, num: int = 1, seed: int = 0,
-              t_start: int = HARMONIZE_START_T, batch_size: int | None = None,
+              noise_level: int = HARMONIZE_NOISE_LEVEL, batch_size: int | None = None,
               device: torch.device | str = "cpu", progress: bool = False,
-              ancestral: bool = False) -> list[torch.Tensor]:
+              ancestral: bool = False, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Harmonize a naive composite (3×H×W in [-1, 1], already at its working size) with the
     soft mask (1×1×H×W in [0, 1], from `masks.harmonization_mask`): denoise at the finest scale
-    from t_start with γ = 0 (see `samplers.denoise_at_scale`), then keep the composite where the
+    from t = noise_level with γ = 0 (see `samplers.denoise_at_scale`), then keep the composite where the
     mask is 0: out = m · result + (1 - m) · composite (exactly the composite outside the mask)."""
-    return _denoise_finest(loaded, composite, soft_mask, num, seed, t_start, batch_size, device, progress,
-                           ancestral, "harmonize")
+    return _denoise_finest(loaded, composite, soft_mask, num, seed, noise_level, batch_size, device, progress,
+                           ancestral, "harmonize", generator)
 
 
 @torch.no_grad()
 def style_transfer(loaded, content: torch.Tensor, num: int = 1, seed: int = 0,
-                   t_start: int = STYLE_TRANSFER_START_T, batch_size: int | None = None,
+                   noise_level: int = STYLE_TRANSFER_NOISE_LEVEL, batch_size: int | None = None,
                    device: torch.device | str = "cpu", progress: bool = False,
-                   ancestral: bool = False) -> list[torch.Tensor]:
+                   ancestral: bool = False, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Denoise `content` (3×H×W in [-1, 1]; histogram-matched and resized beforehand, see
-    `prepare_content`) at the finest scale from t_start with γ = 0, no mask."""
-    return _denoise_finest(loaded, content, None, num, seed, t_start, batch_size, device, progress,
-                           ancestral, "style-transfer")
+    `prepare_content`) at the finest scale from t = noise_level with γ = 0, no mask."""
+    return _denoise_finest(loaded, content, None, num, seed, noise_level, batch_size, device, progress,
+                           ancestral, "style-transfer", generator)
 
 
 @torch.no_grad()
 def roi_generate(loaded, sizes_hw: Sequence[tuple[int, int]], start_t: Sequence[int], source: Box,
                  targets: Sequence[Box], num: int = 1, seed: int = 0, batch_size: int | None = None,
                  device: torch.device | str = "cpu", progress: bool = False,
-                 weight: float = ROI_WEIGHT) -> list[torch.Tensor]:
+                 weight: float = ROI_WEIGHT, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """ROI-guided generation (Fig. S10): random samples through the whole pyramid whose
     `targets` (finest output pixels) are pulled towards the training image's `source` box
     at every step of every scale but the finest. As in the reference, the draws are plain
@@ -149,7 +148,7 @@ def roi_generate(loaded, sizes_hw: Sequence[tuple[int, int]], start_t: Sequence[
     with progress_bar(math.ceil(num / bs) * sum(start_t), "roi-copy", progress) as bar:
         def one(n: int, s: int) -> torch.Tensor:
             return sample_pyramid(model, schedule, gammas, list(sizes_hw), list(start_t), n,
-                                  generator=generator(device, s), device=device, progress=bar,
+                                  generator=make_generator(device, s), device=device, progress=bar,
                                   hooks=hooks, hook_before_clamp=True)[-1]
 
-        return seeded_batches(num, bs, seed, one)
+        return seeded_batches(num, bs, seed, one, generator)

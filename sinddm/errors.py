@@ -23,3 +23,14 @@ def check_readable(path: Path, what: str) -> None:
             f.read(1)
     except PermissionError:
         raise UserError(f"{what} '{path}': cannot be read (permission denied); check the file's permissions") from None
+
+
+class ParameterError(UserError):
+    """Bad input named by the API's parameter (`param`); doors rename it (`renamed`) for their users."""
+
+    def __init__(self, param: str, message: str):
+        self.param, self.message = param, message
+        super().__init__(f"{param}: {message}")
+
+    def renamed(self, name: str) -> UserError:
+        return UserError(f"{name}: {self.message}")

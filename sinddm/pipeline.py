@@ -29,17 +29,21 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 def seeded_batches(num: int, batch_size: int, seed: int,
-                   fn: Callable[[int, int], torch.Tensor]) -> list[torch.Tensor]:
+                   fn: Callable[[int, int], torch.Tensor],
+                   generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """`fn(n, batch_seed(seed, b))` for each batch b of at most `batch_size` of `num` images;
-    the images (N×3×H×W per call) come back as one list of 3×H×W CPU tensors."""
+    the images (N×3×H×W per call) come back as one list of 3×H×W CPU tensors.
+    With a `generator`, each batch's seed is drawn from it instead (its state advances)."""
     out: list[torch.Tensor] = []
     for b in range(math.ceil(num / batch_size)):
         n = min(batch_size, num - b * batch_size)
-        out.extend(fn(n, batch_seed(seed, b)).float().cpu().contiguous())  # the CPU fast path leaves NHWC strides
+        s = batch_seed(seed, b) if generator is None else int(
+            torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
+        out.extend(fn(n, s).float().cpu().contiguous())  # the CPU fast path leaves NHWC strides
     return out
 
 
-def generator(device: torch.device | str, seed: int) -> torch.Generator:
+def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -51,7 +55,8 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
              seed: int = 0, batch_size: int | None = None, device: torch.device | str = "cpu",
              progress: bool = True, precision: str = "fp32", compile: bool | None = None,
              cuda_graphs: bool | None = None, scale0_steps: int | None = None, tile: int | None = None,
-             tileable: bool = False) -> list[torch.Tensor]:
+             tileable: bool = False, generator: torch.Generator | None = None, callback=None,
+             all_scales: bool = False) -> list[torch.Tensor] | list[list[torch.Tensor]]:
     """`num` samples (3×H×W tensors in [-1, 1], on the CPU) through the whole pyramid.
 
     precision 'auto'/'fast': the device's fast path (`sinddm.fast.sampling_options`): a bf16
@@ -61,6 +66,9 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     with `batch_seed(seed, b)`.
     `scale0_steps` < T samples scale 0 on a respaced schedule (faster; T[0] is then ignored).
     `tile`: the network runs on tiles of this many px (the same numbers, bounded memory; `tiling`);
+    `generator`: batch seeds are drawn from it instead of derived from `seed`.
+    `callback(scale, t, x0)` sees every step's x̂0; `all_scales` returns every scale's outputs
+    (a list per scale, coarsest first) instead of the finest only. Both run the eager path.
     `tileable`: on a torus, so the output tiles seamlessly. Either runs the exact fp32 eager path, as
     do hybrid and training-free models (`hybrid`).
     """
@@ -80,17 +88,35 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     fast = None
     # The fast paths compile the network; a hybrid or training-free model (its patch denoiser
     # is plain matmuls already) runs the eager path.
-    exact_only = tiled or getattr(loaded.model, "takes_blurry", False)
+    exact_only = tiled or getattr(loaded.model, "takes_blurry", False) or callback is not None
     opts = None if exact_only else sampling_options(precision, device, compile=compile, graphs=cuda_graphs)
     if opts is not None:
         prepare_backends(device)
         fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device, opts, schedule0=schedule0)
+    hooks = None if callback is None else [_reporting_hook(callback, s) for s in range(len(sizes_hw))]
+    coarser: list[list[torch.Tensor]] = []   # every batch's coarser scales, for `all_scales`
     with progress_bar(math.ceil(num / bs) * sum(start_t), "sample", progress) as bar:
         def one(n: int, s: int) -> torch.Tensor:
-            gen = generator(device, s)
+            gen = make_generator(device, s)
             if fast is not None:
-                return fast.sample(n, gen, progress=bar)[-1]
-            return sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen,
-                                  device=device, progress=bar, schedule0=schedule0, wrap=tileable)[-1]
+                outs = fast.sample(n, gen, progress=bar)
+            else:
+                outs = sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen, device=device,
+                                      progress=bar, schedule0=schedule0, wrap=tileable, hooks=hooks)
+            if all_scales:
+                coarser.append([x.float().cpu().contiguous() for x in outs[:-1]])
+            return outs[-1]
 
-        return seeded_batches(num, bs, seed, one)
+        finest = seeded_batches(num, bs, seed, one, generator)
+    if not all_scales:
+        return finest
+    per_scale = [[x for batch in coarser for x in batch[s]] for s in range(len(sizes_hw) - 1)]
+    return [*per_scale, finest]
+
+
+def _reporting_hook(callback, scale: int):
+    """An x̂0 hook that shows `callback(scale, t, x0)` each step's x̂0 and changes nothing."""
+    def hook(x0: torch.Tensor, t: int) -> torch.Tensor:
+        callback(scale, t, x0)
+        return x0
+    return hook

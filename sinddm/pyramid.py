@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .image_io import to_tensor
 
 MIN_SIDE = 42        # the coarsest short side is clamped to [42, 55]
@@ -133,15 +133,16 @@ MIN_OUTPUT_SIDE = 4   # px: the coarsest scale of an output must be at least thi
 
 def checked_sample_sizes(pyramid: "Pyramid", scale_hw: tuple[float, float] | None = None,
                          size_hw: tuple[int, int] | None = None, start_level: int = 0) -> list[tuple[int, int]]:
-    """`sample_sizes` for `pyramid`, refusing (UserError, one line) an output whose coarsest scale
+    """`sample_sizes` for `pyramid`, refusing (ParameterError, naming `size` or `scale_hw`) an output whose coarsest scale
     would be under 4 px or whose finest would pass MAX_DECODE_PIXELS (64 Mpx)."""
     from .image_io import MAX_DECODE_PIXELS
 
     sizes = sample_sizes(pyramid.sizes_hw, pyramid.scale_factor, scale_hw=scale_hw, size_hw=size_hw,
                          start_level=start_level)
+    param = "size" if size_hw is not None else "scale_hw"
     if min(min(hw) for hw in sizes) < MIN_OUTPUT_SIDE:
-        raise UserError(f"requested size too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px; "
-                        "use a larger --size or --scale-hw")
+        raise ParameterError(param, f"too small: the coarsest scale would be {sizes[0][0]}x{sizes[0][1]} px "
+                                    f"(at least {MIN_OUTPUT_SIDE}); ask for a larger output")
     if max(h * w for h, w in sizes) > MAX_DECODE_PIXELS:
-        raise UserError("requested size too large (over 64 Mpx at the finest scale); use a smaller --size")
+        raise ParameterError(param, "too large (over 64 Mpx at the finest scale); ask for a smaller output")
     return sizes

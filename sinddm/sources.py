@@ -13,7 +13,7 @@ from PIL import Image
 
 from .checkpoint import LoadedModel, load_model
 from .config import Config
-from .errors import UserError
+from .errors import ParameterError
 from .hybrid import build_denoiser
 from .image_io import load_rgb
 from .pyramid import DEFAULT_MAX_PIXELS, build_pyramid
@@ -30,7 +30,7 @@ def picture_model(picture: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS, so
                   device: torch.device | str = "cpu") -> LoadedModel:
     """A training-free model of `picture`: no network, the patch denoiser at every scale."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise UserError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+        raise ParameterError("max_pixels", f"must be a whole number >= 1, got {max_pixels!r}")
     config = Config()
     config.image.max_pixels = max_pixels
     config.model.trained_scales = 0
@@ -46,5 +46,5 @@ def open_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         return picture_model(load_rgb(path), DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
                              source=str(path), device=device)
     if max_pixels is not None:
-        raise UserError(f"max_pixels applies to a picture given as the model, not to the model '{path}'")
+        raise ParameterError("max_pixels", f"applies to a picture given as the model, not to the model '{path}'")
     return load_model(path, device)

@@ -68,11 +68,11 @@ def test_edits_equal_the_cli(model, tmp_path):
     Image.fromarray(comp).save(tmp_path / "c.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
     cases = [
-        (lambda: model.harmonize(tmp_path / "c.png", mask, n=1, seed=4),
+        (lambda: model.harmonize(tmp_path / "c.png", mask, num=1, seed=4),
          ["harmonize", "--composite", tmp_path / "c.png", "--mask", tmp_path / "m.png", "--seed", "4"], "harmonize"),
-        (lambda: model.style_transfer(ASSETS / "rocket.jpg", n=1, seed=5),
+        (lambda: model.style_transfer(ASSETS / "rocket.jpg", num=1, seed=5),
          ["style-transfer", "--content", ASSETS / "rocket.jpg", "--seed", "5"], "style_transfer"),
-        (lambda: model.roi_copy("74,17,16,16", [(8, 8, 16, 16)], n=1, seed=6),
+        (lambda: model.roi_copy("74,17,16,16", [(8, 8, 16, 16)], num=1, seed=6),
          ["roi-copy", "--source", "74,17,16,16", "--target", "8,8,16,16", "--seed", "6"], "roi_copy"),
     ]
     for run, argv, prefix in cases:

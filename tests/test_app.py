@@ -59,8 +59,8 @@ def test_commands_are_the_cli_lines_that_parse():
     roi = C.roi_copy_command("my model", Box(74, 17, 16, 16), [Box(8, 8, 16, 16), Box(77, 94, 16, 16)], 3, 5, out)
     assert roi == ("sinddm edit 'my model' roi-copy --source 74,17,16,16 --target 8,8,16,16 77,94,16,16 "
                    "--num 3 --seed 5 --out studio/sample-001-cli")
-    text = C.text_command("m", "text-roi", "a red balloon", 2, 0, out, box=Box(40, 60, 50, 50), strength=0.1)
-    assert "--text 'a red balloon' --box 40,60,50,50 --strength 0.1" in text
+    text = C.text_command("m", "text-roi", "a red balloon", 2, 0, out, box=Box(40, 60, 50, 50), step_size=0.1)
+    assert "--text 'a red balloon' --box 40,60,50,50 --step-size 0.1" in text
     for line in (roi, text, C.harmonize_command("m", "c.png", "k.png", 12, 3, 0, out),
                  C.style_transfer_command("m", "c.png", 15, 3, 4, out)):
         args = build_parser().parse_args(shlex.split(line)[1:])

@@ -334,7 +334,7 @@ def test_harmonize_resizes_a_full_size_composite_like_the_training_image(run, lo
     save_png(full, tmp_path / "c.png")
     save_png(mask, tmp_path / "m.png")
     assert cli("edit", run, "harmonize", "--composite", tmp_path / "c.png", "--mask", tmp_path / "m.png",
-               "--out", tmp_path / "o", "--num", 1, "--start-t", 2, *COMMON) == 0
+               "--out", tmp_path / "o", "--num", 1, "--noise-level", 2, *COMMON) == 0
     res = read_png(tmp_path / "o" / "harmonize_000.png")
     assert res.shape == (86, 115, 3) == loaded.pyramid.levels[-1].shape
     expected = resize_like_training(Image.fromarray(full), 10_000)
@@ -350,9 +350,9 @@ def test_style_transfer_outputs_at_the_content_working_size(run, tmp_path):
     assert a[0].shape == a[1].shape == (115, 86, 3)
     assert not np.array_equal(a[0], a[1])
     assert cli("edit", run, "style-transfer", "--content", portrait, "--out", tmp_path / "s2", "--num", 1,
-               "--seed", 0, "--start-t", 3, *COMMON) == 0
+               "--seed", 0, "--noise-level", 3, *COMMON) == 0
     assert cli("edit", run, "style-transfer", "--content", portrait, "--out", tmp_path / "s3", "--num", 1,
-               "--seed", 0, "--start-t", 3, *COMMON) == 0
+               "--seed", 0, "--noise-level", 3, *COMMON) == 0
     assert (tmp_path / "s2" / "style_transfer_000.png").read_bytes() == \
         (tmp_path / "s3" / "style_transfer_000.png").read_bytes()
 
@@ -373,15 +373,15 @@ def test_roi_copy_end_to_end(run, loaded, tmp_path):
             assert d_target < 0.75 * d_else, (i, b, d_target, d_else)
 
 
-@pytest.mark.parametrize("flag,k", [("--start-level", 1), ("--start-scale", 2)])
-def test_start_level_sets_the_output_sizes(run, loaded, tmp_path, flag, k):
+@pytest.mark.parametrize("k", [1, 2])
+def test_start_level_sets_the_output_sizes(run, loaded, tmp_path, k):
     pyr = loaded.pyramid
     expected = sample_sizes(pyr.sizes_hw, pyr.scale_factor, start_level=k)
     assert expected[0] == pyr.sizes_hw[k]  # the coarsest noise at level k's size ...
     r = pyr.scale_factor                    # ... and beyond the finest by r
     h, w = pyr.sizes_hw[-1]
     assert expected[-1] == (round(h * r ** k), round(w * r ** k))
-    assert cli("sample", run, flag, k, "--num", 1, "--out", tmp_path / "o", *FAST_T, *COMMON) == 0
+    assert cli("sample", run, "--start-level", k, "--num", 1, "--out", tmp_path / "o", *FAST_T, *COMMON) == 0
     assert read_png(tmp_path / "o" / "sample_000.png").shape == (*expected[-1], 3)
 
 
@@ -398,7 +398,8 @@ BAD = {
     "missing_content": ("style-transfer", ["--content", "{missing}"], "--content"),
     "tiny_content": ("style-transfer", ["--content", "{tiny}"], "at least 42 px"),
     "tiny_composite": ("harmonize", ["--composite", "{tiny}", "--mask", "{tiny}"], "--composite"),
-    "start_t_out_of_range": ("style-transfer", ["--content", "{content}", "--start-t", "100"], "--start-t"),
+    "noise_level_out_of_range": ("style-transfer", ["--content", "{content}", "--noise-level", "100"],
+                                 "--noise-level"),
     "source_out_of_bounds": ("roi-copy", ["--source", "70,10,30,30", "--target", "0,0,30,30"], "--source"),
     "target_out_of_bounds": ("roi-copy", ["--source", "0,0,30,30", "--target", "0,100,30,30"], "--target"),
     "malformed_box": ("roi-copy", ["--source", "0,0,30", "--target", "0,0,30,30"], "--source"),
@@ -455,17 +456,19 @@ def _yaml_common() -> dict:
 
 
 def test_image_edit_modes_start_where_design_says():
-    """method §7: harmonization denoises from t = 5, style transfer from t = 15, unless --start-t says
-    otherwise; the CLI's defaults and the library's are the same numbers."""
+    """method §7: harmonization denoises from t = 5, style transfer from t = 15, unless --noise-level
+    says otherwise; the CLI's defaults, the API's and the library's are the same numbers."""
     import inspect
 
-    from sinddm import editing
+    from sinddm import SinDDM, checks, editing
     from sinddm.cli import build_parser
 
     parser = build_parser()
     h = parser.parse_args(["edit", "m.safetensors", "harmonize", "--composite", "c.png", "--mask", "m.png"])
     s = parser.parse_args(["edit", "m.safetensors", "style-transfer", "--content", "c.png"])
-    assert h.start_t == editing.HARMONIZE_START_T == 5
-    assert s.start_t == editing.STYLE_TRANSFER_START_T == 15
-    assert inspect.signature(editing.harmonize).parameters["t_start"].default == 5
-    assert inspect.signature(editing.style_transfer).parameters["t_start"].default == 15
+    assert h.noise_level == checks.HARMONIZE_NOISE_LEVEL == 5
+    assert s.noise_level == checks.STYLE_TRANSFER_NOISE_LEVEL == 15
+    for fn in (editing.harmonize, SinDDM.harmonize):
+        assert inspect.signature(fn).parameters["noise_level"].default == 5
+    for fn in (editing.style_transfer, SinDDM.style_transfer):
+        assert inspect.signature(fn).parameters["noise_level"].default == 15

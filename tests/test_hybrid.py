@@ -197,7 +197,7 @@ def test_image_edits(model_arg, tmp_path):
                "--out", tmp_path / "h", *COMMON) == 0
     out = read_png(tmp_path / "h" / "harmonize_000.png")
     assert np.array_equal(out[:2], composite[:2])  # far from the mask: the composite itself
-    assert cli("edit", model, *extra, "style-transfer", "--content", ASSETS / "hubble.jpg", "--start-t", 3,
+    assert cli("edit", model, *extra, "style-transfer", "--content", ASSETS / "hubble.jpg", "--noise-level", 3,
                "--out", tmp_path / "s", *COMMON) == 0
     assert cli("edit", model, *extra, "roi-copy", "--source", "10,10,16,16", "--target", "30,50,16,16",
                *SHORT_T, "--out", tmp_path / "r", *COMMON) == 0

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sinddm.masks import mask_channel
-from sinddm.cli.edit_text import _mask_region
+from sinddm.prepared_text import region_of_mask as _mask_region
 from sinddm.errors import UserError
 from sinddm.image_io import load_rgb
 
@@ -62,7 +62,7 @@ def test_empty_and_missing_masks_are_one_line(tmp_path):
     with pytest.raises(UserError, match="no white pixels"):
         _mask_region(path, (20, 20))
     (tmp_path / "junk.png").write_bytes(b"not a picture")
-    for bad, needle in [(tmp_path / "junk.png", "--mask"), (tmp_path / "missing.png", "no such file")]:
+    for bad, needle in [(tmp_path / "junk.png", "mask: "), (tmp_path / "missing.png", "no such file")]:
         with pytest.raises(UserError) as e:
             _mask_region(bad, (20, 20))
         assert needle in str(e.value) and "\n" not in str(e.value)

@@ -160,11 +160,11 @@ def test_edits_tiled_equal_untiled(loaded):
     mask[..., 10:40, 20:50] = 1
     sizes = list(loaded.pyramid.sizes_hw)
     src, tgt = Box(5, 5, 20, 20), [Box(30, 40, 20, 20)]
-    ref_h = harmonize(loaded, comp, mask, num=2, seed=1, t_start=4)
+    ref_h = harmonize(loaded, comp, mask, num=2, seed=1, noise_level=4)
     ref_r = roi_generate(loaded, sizes, START_T, src, tgt, num=1, seed=2)
     for tile in SAMPLER_TILES:
         tl = tiled_loaded(loaded, tile)
-        assert close(harmonize(tl, comp, mask, num=2, seed=1, t_start=4), ref_h) < TOL
+        assert close(harmonize(tl, comp, mask, num=2, seed=1, noise_level=4), ref_h) < TOL
         assert close(roi_generate(tl, sizes, START_T, src, tgt, num=1, seed=2), ref_r) < TOL
 
 

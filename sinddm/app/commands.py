@@ -1,5 +1,5 @@
-"""Pure helpers of the studio (no Gradio): boxes from clicks, widget values checked into API
-arguments, and the `sinddm` command that reproduces a panel's result.
+"""Pure helpers of the studio (no Gradio): boxes from clicks, widget values parsed into API
+arguments (the API checks them), and the `sinddm` command that reproduces a panel's result.
 
 Every `*_command` returns one shell line; `sinddm` run with it writes the same pictures (same
 seed, same model, same device) into `out`.
@@ -58,14 +58,14 @@ def parse_size_field(text: str) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
-def whole(value, what: str, lo: int, hi: int | None = None) -> int:
+def as_int(value):
+    """A widget's number as an int where it is a whole one (sliders give 4.0); anything else is
+    passed on as it is, for the library to refuse in its own words."""
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what}: expected a whole number, got {value!r}") from None
-    if f != int(f) or f < lo or (hi is not None and f > hi):
-        raise UserError(f"{what}: must be a whole number in {lo}..{'' if hi is None else hi}, got {value!r}")
-    return int(f)
+        return value
+    return int(f) if f.is_integer() else value
 
 
 def _num(x: float) -> str:
@@ -97,27 +97,29 @@ def roi_copy_command(model, source: Box, targets: Sequence[Box], n: int, seed: i
     return " ".join(parts + _common(n, seed, out, device))
 
 
-def harmonize_command(model, composite, mask, t_start: int, n: int, seed: int, out, device: str = "auto") -> str:
+def harmonize_command(model, composite, mask, noise_level: int, n: int, seed: int, out,
+                      device: str = "auto") -> str:
     parts = ["sinddm", "edit", q(model), "harmonize", "--composite", q(composite), "--mask", q(mask),
-             "--start-t", str(t_start)]
+             "--noise-level", str(noise_level)]
     return " ".join(parts + _common(n, seed, out, device))
 
 
-def style_transfer_command(model, content, t_start: int, n: int, seed: int, out, device: str = "auto") -> str:
-    parts = ["sinddm", "edit", q(model), "style-transfer", "--content", q(content), "--start-t", str(t_start)]
+def style_transfer_command(model, content, noise_level: int, n: int, seed: int, out, device: str = "auto") -> str:
+    parts = ["sinddm", "edit", q(model), "style-transfer", "--content", q(content), "--noise-level", str(noise_level)]
     return " ".join(parts + _common(n, seed, out, device))
 
 
 def text_command(model, mode: str, prompt: str, n: int, seed: int, out, device: str = "auto",
                  strength: float | None = None, fill_factor: float | None = None, momentum: float | None = None,
-                 box: Box | None = None, mask=None, clip_checkpoint=None) -> str:
+                 step_size: float | None = None, box: Box | None = None, mask=None, clip_checkpoint=None) -> str:
     """text-content / text-style / text-style-transfer / text-roi (box or mask)."""
     parts = ["sinddm", "edit", q(model), mode, "--text", q(prompt)]
     if box is not None:
         parts += ["--box", str(box)]
     if mask is not None:
         parts += ["--mask", q(mask)]
-    for flag, value in (("--strength", strength), ("--fill-factor", fill_factor), ("--momentum", momentum)):
+    for flag, value in (("--strength", strength), ("--fill-factor", fill_factor), ("--momentum", momentum),
+                        ("--step-size", step_size)):
         if value is not None:
             parts += [flag, _num(value)]
     if clip_checkpoint:

@@ -15,10 +15,13 @@ import numpy as np
 from PIL import Image
 
 from ..api import SinDDM
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from . import commands as C
 
 MAX_NUM = 16
+# The API's parameters by the labels the page gives them.
+FIELD_NAMES = {"num": "count", "start_level": "object size (start level)", "noise_level": "noise level",
+               "step_size": "strength (text-roi step size)", "text": "prompt", "scale_hw": "scale factors"}
 
 
 class Result(NamedTuple):
@@ -82,56 +85,71 @@ class Studio:
         return path
 
     def _finish(self, images, folder: Path, prefix: str, command, extra=None) -> Result:
-        paths = SinDDM.save(images, folder, prefix)
+        paths = SinDDM.save_images(images, folder, prefix)
         cli_out = folder.with_name(folder.name + "-cli")
         return Result(images, [*paths, folder / "grid.png"], command(cli_out), extra)
 
+    def _call(self, name: str, **arguments) -> list:
+        """`SinDDM.<name>`, a refused parameter shown by its field's label on the page."""
+        arguments["num"] = self._count(arguments["num"])
+        try:
+            return getattr(self.model, name)(**arguments)
+        except ParameterError as e:
+            raise e.renamed(FIELD_NAMES.get(e.param, e.param.replace("_", " "))) from None
+
+    @staticmethod
+    def _count(n):
+        n = C.as_int(n)
+        if isinstance(n, int) and n > MAX_NUM:
+            raise UserError(f"count: at most {MAX_NUM} pictures per run in the studio, got {n}")
+        return n
+
     def sample(self, n, seed, scale_h=1.0, scale_w=1.0, size_text="", start_level=0, progress=False) -> Result:
-        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        n, seed, level = C.as_int(n), C.as_int(seed), C.as_int(start_level)
         size = C.parse_size_field(size_text)
         scale_hw = None if size else (float(scale_h), float(scale_w))
-        level = C.whole(start_level, "object size (start level)", 0)
-        images = self.model.sample(n, scale_hw=scale_hw, size=size, start_level=level, seed=seed, progress=progress)
+        images = self._call("sample", num=n, scale_hw=scale_hw, size=size, start_level=level, seed=seed,
+                            progress=progress)
         return self._finish(images, self.folder("sample"), "sample", lambda o: C.sample_command(
             self.model_arg, n, seed, o, scale_hw=scale_hw, size=size, start_level=level, device=self.device_arg))
 
     def roi_copy(self, source_text, targets_text, n, seed, progress=False) -> Result:
-        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
+        n, seed = C.as_int(n), C.as_int(seed)
         source = C.parse_box_field(source_text, "source box")
         targets = C.parse_boxes_field(targets_text, "target boxes")
-        images = self.model.roi_copy(source, targets, n=n, seed=seed, progress=progress)
+        images = self._call("roi_copy", source=source, targets=targets, num=n, seed=seed, progress=progress)
         return self._finish(images, self.folder("roi-copy"), "roi_copy", lambda o: C.roi_copy_command(
             self.model_arg, source, targets, n, seed, o, device=self.device_arg))
 
-    def harmonize(self, composite_path, layers, t_start, n, seed, progress=False) -> Result:
-        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
-        t_start = C.whole(t_start, "start t", 1, 99)
+    def harmonize(self, composite_path, layers, noise_level, n, seed, progress=False) -> Result:
+        n, seed, level = C.as_int(n), C.as_int(seed), C.as_int(noise_level)
         composite = read_upload(composite_path, "composite")
         mask = mask_from_layers(layers, composite.size)
-        images = self.model.harmonize(composite, mask, n=n, t_start=t_start, seed=seed, progress=progress)
+        images = self._call("harmonize", composite=composite, mask=mask, num=n, noise_level=level, seed=seed,
+                            progress=progress)
         folder = self.folder("harmonize")
         composite.save(folder / "composite.png")
         mask.save(folder / "mask.png")
         return self._finish(images, folder, "harmonize", lambda o: C.harmonize_command(
-            self.model_arg, folder / "composite.png", folder / "mask.png", t_start, n, seed, o, self.device_arg),
+            self.model_arg, folder / "composite.png", folder / "mask.png", level, n, seed, o, self.device_arg),
             extra=mask)
 
-    def style_transfer(self, content_path, t_start, n, seed, progress=False) -> Result:
-        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
-        t_start = C.whole(t_start, "start t", 1, 99)
+    def style_transfer(self, content_path, noise_level, n, seed, progress=False) -> Result:
+        n, seed, level = C.as_int(n), C.as_int(seed), C.as_int(noise_level)
         content = read_upload(content_path, "content")
-        images = self.model.style_transfer(content, n=n, t_start=t_start, seed=seed, progress=progress)
+        images = self._call("style_transfer", content=content, num=n, noise_level=level, seed=seed,
+                            progress=progress)
         folder = self.folder("style-transfer")
         content.save(folder / "content.png")
         return self._finish(images, folder, "style_transfer", lambda o: C.style_transfer_command(
-            self.model_arg, folder / "content.png", t_start, n, seed, o, self.device_arg))
+            self.model_arg, folder / "content.png", level, n, seed, o, self.device_arg))
 
     def text(self, mode, prompt, n, seed, strength=None, fill_factor=None, momentum=None, box_text="",
              mask_layers=None, progress=False) -> Result:
         """text-content, text-style, text-style-transfer or text-roi (a box, or painted layers
-        over the finest-scale image)."""
-        n, seed = C.whole(n, "count", 1, MAX_NUM), C.whole(seed, "seed", 0)
-        kw = dict(n=n, seed=seed, clip=self._clip(), progress=progress)
+        over the finest-scale image; the strength slider is text-roi's step size)."""
+        n, seed = C.as_int(n), C.as_int(seed)
+        kw = dict(text=prompt, num=n, seed=seed, clip=self._clip(), progress=progress)
         box = mask = None
         if mode == "text-roi":
             if str(box_text or "").strip():
@@ -139,12 +157,11 @@ class Studio:
             else:
                 h, w = self.model.size
                 mask = mask_from_layers(mask_layers, (w, h), "text-roi region (a box or a painted mask)")
-            flags = _given(strength=strength)
-            images = self.model.text_roi(prompt, box=box, mask=mask, **flags, **kw)
+            flags = _given(step_size=strength)
+            images = self._call("text_roi", box=box, mask=mask, **flags, **kw)
         elif mode in ("text-content", "text-style", "text-style-transfer"):
-            method = getattr(self.model, mode.replace("-", "_"))
             flags = _given(strength=strength, fill_factor=fill_factor, momentum=momentum)
-            images = method(prompt, **flags, **kw)
+            images = self._call(mode.replace("-", "_"), **flags, **kw)
         else:
             raise UserError(f"text mode '{mode}': use text-content, text-style, text-style-transfer or text-roi")
         folder = self.folder(mode)

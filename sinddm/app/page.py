@@ -158,7 +158,7 @@ def build(studio: Studio):
                 editor = gr.ImageEditor(label="paint the mask", type="pil", sources=(), transforms=(),
                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
                                         layers=False, elem_id="harmonize-editor")
-                t_h = gr.Slider(1, 99, value=5, step=1, label="start t (higher: stronger blending)")
+                t_h = gr.Slider(1, 99, value=5, step=1, label="noise level (higher: stronger blending)")
                 n_h, seed_h = count_seed("harmonize", count=3)
                 run_h = gr.Button("Harmonize", variant="primary", elem_id="harmonize-run")
                 outs_h = outputs("harmonize")
@@ -183,7 +183,7 @@ def build(studio: Studio):
                 gr.Markdown("**From a picture**: its layout with the training image's colours and textures.")
                 content = gr.File(label="content picture (PNG or JPEG)", type="filepath", elem_id="style-content")
                 preview = gr.Image(label="content", type="pil", interactive=False, height=160, elem_id="style-preview")
-                t_s = gr.Slider(1, 99, value=15, step=1, label="start t (higher: more of the model's texture)")
+                t_s = gr.Slider(1, 99, value=15, step=1, label="noise level (higher: more of the model's texture)")
                 n_s, seed_s = count_seed("style", count=3)
                 run_s = gr.Button("Style transfer", variant="primary", elem_id="style-run")
                 outs_s = outputs("style")
@@ -221,7 +221,7 @@ def build(studio: Studio):
                 xmode = gr.Radio(["text-content", "text-roi"], value="text-content", label="mode", elem_id="text-mode")
                 xprompt = gr.Textbox(label="prompt", placeholder="a red balloon", elem_id="text-prompt")
                 with gr.Row():
-                    xs = gr.Slider(0, 1, value=0.3, step=0.05, label="strength (text-roi: its step, e.g. 0.1)")
+                    xs = gr.Slider(0, 1, value=0.3, step=0.05, label="strength (text-roi: the step size, e.g. 0.1)")
                     xf = gr.Slider(0, 1, value=0.3, step=0.05, label="fill factor")
                     xm = gr.Slider(0, 1, value=0.2, step=0.05, label="momentum")
                 painter = gr.ImageEditor({"background": studio.finest_image(), "layers": [], "composite": None},

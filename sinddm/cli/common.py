@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -175,39 +174,41 @@ def load_run(path, device, cache: ModelCache | None = None, max_pixels: int | No
     """`sources.open_model` (a model, or a picture's training-free model), through `cache` when given."""
     from ..sources import open_model
 
+    from ..errors import ParameterError
+
     try:
         if cache is not None:
             return cache.load(path, device, max_pixels)
         return open_model(path, device, max_pixels)
-    except UserError as e:
-        raise UserError(str(e).replace("max_pixels applies", "--max-pixels applies")) from None
+    except ParameterError as e:
+        raise e.renamed(flag_for(e.param)) from None
 
 
-def parse_start_t(values: list[int] | None, default: list[int]) -> list[int]:
-    from ..schedule import T_STEPS
-
-    if not values:
-        return default
-    n = len(default)
-    if len(values) == n - 1:
-        values = [default[0]] + list(values)
-    elif len(values) != n:
-        raise UserError(f"--start-t: give {n - 1} values (T[1]..T[{n - 1}]) or {n} (T[0]..T[{n - 1}]), "
-                        f"got {len(values)}")
-    if not 1 <= values[0] <= T_STEPS:
-        raise UserError(f"--start-t: T[0] must be in 1..{T_STEPS}, got {values[0]}")
-    for s, v in enumerate(values[1:], start=1):
-        if not 1 <= v <= 99:
-            raise UserError(f"--start-t: T[{s}] must be in 1..99, got {v}")
-    return list(values)
+# The API's parameter names as this command line spells them (the rest: '--' + name with dashes).
+FLAG_NAMES = {"targets": "--target", "clip": "--clip-model", "model": "MODEL", "image": "IMAGE"}
 
 
-def output_sizes(loaded, args, start_level: int = 0) -> list[tuple[int, int]]:
-    """Per-scale sizes from --scale-hw / --size, validated (`pyramid.checked_sample_sizes`)."""
-    from ..pyramid import checked_sample_sizes
+def flag_for(param: str) -> str:
+    return FLAG_NAMES.get(param, "--" + param.replace("_", "-"))
 
-    return checked_sample_sizes(loaded.pyramid, scale_hw=getattr(args, "scale_hw", None),
-                                size_hw=getattr(args, "size", None), start_level=start_level)
+
+def open_sinddm(args, cache: ModelCache | None = None):
+    """The `SinDDM` object of the MODEL argument, on --device, with --precision."""
+    from ..api import SinDDM
+    from ..devices import resolve_device
+
+    device = resolve_device(args.device)
+    return SinDDM(load_run(args.model, device, cache, getattr(args, "max_pixels", None)), device, args.precision)
+
+
+def prepare_call(model, name: str, **arguments):
+    """`model.prepare(name, ...)` with a refused parameter shown as its flag."""
+    from ..errors import ParameterError
+
+    try:
+        return model.prepare(name, **arguments)
+    except ParameterError as e:
+        raise e.renamed(flag_for(e.param)) from None
 
 
 def output_folder(loaded, args, name: str = "samples") -> Path:

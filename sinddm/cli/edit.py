@@ -1,15 +1,15 @@
 """`sinddm edit RUN MODE ...`: one subcommand per edit mode.
 
-A mode is an object with `name`, `help`, `add_arguments(parser)`, `validate(args, loaded)` (reads
-and checks every input before any work or output, keeping what it read on `args.edit_inputs`) and
-`run(args, loaded, device) -> list of 3×H×W tensors in [-1, 1]`, which calls the library.
+A mode is an object with `name` (the CLI's), `api_name` (the `SinDDM` method's), `help`,
+`add_arguments(parser)` and `arguments(args)`: the method's keyword arguments from the parsed
+options. `SinDDM.prepare` checks them all before any work or output.
 """
 
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import (ModelCache, Parser, add_model_argument, add_output_arguments, load_run, output_folder,
-                     write_outputs)
+from .common import (ModelCache, Parser, add_model_argument, add_output_arguments, open_sinddm, output_folder,
+                     prepare_call, write_outputs)
 from .edit_image import MODES as IMAGE_MODES
 from .edit_text import MODES as TEXT_MODES
 
@@ -38,22 +38,17 @@ def add_parsers(sub) -> None:
 
 def edit_plan(args, cache: ModelCache | None = None) -> dict:
     """Everything `sinddm edit` checks before it works: model, the mode's inputs, output folder."""
-    from ..devices import resolve_device
-
-    device = resolve_device(args.device)
-    loaded = load_run(args.model, device, cache, args.max_pixels)
+    model = open_sinddm(args, cache)
     mode = get_mode(args.mode)
-    mode.validate(args, loaded)
-    out = output_folder(loaded, args, name=f"edit_{args.mode}")
-    return {"device": device, "loaded": loaded, "mode": mode, "out": out}
+    job = prepare_call(model, mode.api_name, **mode.arguments(args), num=args.num, seed=args.seed,
+                       batch_size=args.batch_size, tile=args.tile, progress=not args.quiet)
+    out = output_folder(model.loaded, args, name=f"edit_{args.mode}")
+    return {"job": job, "out": out}
 
 
 def cmd_edit(args, plan: dict | None = None) -> int:
     p = plan or edit_plan(args)
-    from ..tiling import tiled_loaded
-
-    images = p["mode"].run(args, tiled_loaded(p["loaded"], args.tile), p["device"])
-    write_outputs(p["out"], images, prefix=args.mode.replace("-", "_"))
+    write_outputs(p["out"], p["job"].run(), prefix=args.mode.replace("-", "_"))
     return 0
 
 

@@ -126,7 +126,9 @@ def _apply_threads(args) -> None:
 # ---------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
-    from .common import load_run, output_folder, parse_start_t
+    from ..checks import start_t as checked_start_t
+    from ..errors import ParameterError
+    from .common import load_run, output_folder
     from ..devices import resolve_device
     from ..eval.run import check_inception_weights, evaluate_run
 
@@ -136,7 +138,10 @@ def cmd_eval(args) -> int:
     if args.samples is not None and not Path(args.samples).is_dir():
         raise UserError(f"--samples '{args.samples}': no such folder; give the folder of sample PNGs")
     loaded = load_run(args.run, device, max_pixels=args.max_pixels)
-    start_t = parse_start_t(args.start_t, loaded.start_t) if args.samples is None else None
+    try:
+        start_t = checked_start_t(args.start_t, loaded.start_t) if args.samples is None else None
+    except ParameterError as e:
+        raise e.renamed("--start-t") from None
     out = output_folder(loaded, args, "eval")  # --out or RUN_DIR/eval, checked
     m = evaluate_run(loaded, out, num=args.num, seed=args.seed, samples_dir=args.samples, start_t=start_t,
                      device=device, batch_size=args.batch_size, precision=args.precision,
