@@ -49,7 +49,7 @@ def brute_force(pyramid, schedule, x, t, scale, p, blurry=None, gamma=0.0, tau=N
             for i in range(Y.shape[1] - p + 1) for j in range(Y.shape[2] - p + 1)]
     y_hat = np.zeros((n, 3, h, w))
     for k in range(n):
-        acc, cnt = np.zeros((3, X.shape[2], X.shape[3])), np.zeros((X.shape[2], X.shape[3]))
+        acc, cnt = np.zeros((3, X.shape[2], X.shape[3])), np.full((X.shape[2], X.shape[3]), float(centre))
         for i in range(X.shape[2] - p + 1):
             for j in range(X.shape[3] - p + 1):
                 q, u = X[k, :, i:i + p, j:j + p], U[k, :, i:i + p, j:j + p]
