@@ -9,6 +9,7 @@ Module map (library first; nothing below imports the CLI):
   model        the denoiser ε_θ(x, t, s); knows nothing about schedules         (method §3)
   training     the training loop and its numeric guard                           (method §4)
   samplers     pure sampling functions: DDPM, blended finer steps, the pyramid   (method §5)
+  patch_denoiser  the closed-form (training-free) denoiser over a level's own patches  (method §11)
   tiling       the denoiser on tiles with a receptive-field halo (exact), or on a torus (seamless)
   pipeline     seeded batches: the one batching loop of sampling and every edit
   editing      harmonization, style transfer, ROI-guided generation             (method §7)

@@ -29,9 +29,10 @@ def pyramid():
     return Pyramid(input_wh=(10, 12), scale_factor=1.4, levels=levels, blurry=blurry, blur_distance=[0.2])
 
 
-def brute_force(pyramid, schedule, x, t, scale, p, blurry=None, gamma=0.0, tau=None):
+def brute_force(pyramid, schedule, x, t, scale, p, blurry=None, gamma=0.0, tau=None, centre=False):
     """ŷ and ε by the definition: for every query patch, explicit Gaussian log-likelihoods of every
-    training patch, a softmax, the weighted mean; overlapping estimates averaged. float64."""
+    training patch, a softmax, the weighted mean; overlapping estimates averaged (or, `centre`,
+    each pixel the centre of the estimate of the patch centred on it, the edge repeated). float64."""
     a = float(schedule.sqrt_alphas_cumprod[t])
     sig = float(schedule.sqrt_one_minus_alphas_cumprod[t])
     Y = pyramid.level_tensor(scale).double().numpy()
@@ -39,13 +40,18 @@ def brute_force(pyramid, schedule, x, t, scale, p, blurry=None, gamma=0.0, tau=N
     X = x.double().numpy()
     U = blurry.double().numpy() if blurry is not None else np.zeros_like(X)
     n, _, h, w = X.shape
+    m = p // 2
+    if centre:
+        X0, U0 = X, U
+        X = np.pad(X, ((0, 0), (0, 0), (m, m), (m, m)), mode="edge")
+        U = np.pad(U, ((0, 0), (0, 0), (m, m), (m, m)), mode="edge")
     keys = [(Y[:, i:i + p, j:j + p], B[:, i:i + p, j:j + p])
             for i in range(Y.shape[1] - p + 1) for j in range(Y.shape[2] - p + 1)]
-    y_hat = np.zeros_like(X)
+    y_hat = np.zeros((n, 3, h, w))
     for k in range(n):
-        acc, cnt = np.zeros((3, h, w)), np.zeros((h, w))
-        for i in range(h - p + 1):
-            for j in range(w - p + 1):
+        acc, cnt = np.zeros((3, X.shape[2], X.shape[3])), np.full((X.shape[2], X.shape[3]), float(centre))
+        for i in range(X.shape[2] - p + 1):
+            for j in range(X.shape[3] - p + 1):
                 q, u = X[k, :, i:i + p, j:j + p], U[k, :, i:i + p, j:j + p]
                 logl = []
                 for y, b in keys:
@@ -57,9 +63,15 @@ def brute_force(pyramid, schedule, x, t, scale, p, blurry=None, gamma=0.0, tau=N
                 logl = np.array(logl)
                 wts = np.exp(logl - logl.max())
                 wts /= wts.sum()
-                acc[:, i:i + p, j:j + p] += sum(wv * y for wv, (y, _) in zip(wts, keys))
-                cnt[i:i + p, j:j + p] += 1
-        y_hat[k] = acc / cnt
+                est = sum(wv * y for wv, (y, _) in zip(wts, keys))
+                if centre:
+                    acc[:, i, j], cnt[i, j] = est[:, m, m], 1
+                else:
+                    acc[:, i:i + p, j:j + p] += est
+                    cnt[i:i + p, j:j + p] += 1
+        y_hat[k] = (acc / cnt)[:, :h, :w]
+    if centre:
+        X, U = X0, U0
     eps = (X - a * (gamma * U + (1 - gamma) * y_hat)) / sig
     return torch.from_numpy(y_hat), torch.from_numpy(eps)
 
@@ -77,7 +89,7 @@ def _x0(schedule, x, t, eps, blurry, gamma):
 @pytest.mark.parametrize("t", [15, 60])
 def test_scale0_matches_brute_force(pyramid, schedule, t):
     x, _ = _inputs()
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3)
+    pd = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3)
     eps = pd(x, torch.full((2,), t), 0)
     y_ref, eps_ref = brute_force(pyramid, schedule, x, t, 0, 3)
     torch.testing.assert_close(eps.double(), eps_ref, atol=ATOL, rtol=0)
@@ -89,7 +101,7 @@ def test_scale0_matches_brute_force(pyramid, schedule, t):
 def test_finer_scale_with_context_matches_brute_force(pyramid, schedule, t, tau):
     x, xb = _inputs()
     gamma = torch.tensor(0.4)
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=tau)
+    pd = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, context_sigma=tau)
     eps = pd(x, torch.full((2,), t), 1, blurry=xb, gamma=gamma)
     y_ref, eps_ref = brute_force(pyramid, schedule, x, t, 1, 3, xb, 0.4, tau)
     torch.testing.assert_close(eps.double(), eps_ref, atol=ATOL, rtol=0)
@@ -97,9 +109,18 @@ def test_finer_scale_with_context_matches_brute_force(pyramid, schedule, t, tau)
     torch.testing.assert_close(_x0(schedule, x, t, eps, xb, 0.4).double(), y_ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("t", [15, 60])
+def test_centre_merge_matches_brute_force(pyramid, schedule, t):
+    x, xb = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5, merge="centre")
+    eps = pd(x, torch.full((2,), t), 1, blurry=xb, gamma=0.4)
+    _, eps_ref = brute_force(pyramid, schedule, x, t, 1, 3, xb, 0.4, 0.5, centre=True)
+    torch.testing.assert_close(eps.double(), eps_ref, atol=ATOL, rtol=0)
+
+
 def test_round_trip_is_the_posterior_mean(pyramid, schedule):
     x, xb = _inputs()
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.3)
+    pd = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, context_sigma=0.3)
     t, g = 30, 0.25
     a = float(schedule.sqrt_alphas_cumprod[t])
     sig = float(schedule.sqrt_one_minus_alphas_cumprod[t])
@@ -158,7 +179,7 @@ def test_circular_mode_wraps(pyramid, schedule, merge):
 
 
 def test_picture_as_small_as_the_patch(pyramid, schedule):
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3)
+    pd = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3)
     x, _ = _inputs(hw=(3, 3))
     _, eps_ref = brute_force(pyramid, schedule, x, 40, 0, 3)
     torch.testing.assert_close(pd(x, torch.full((2,), 40), 0).double(), eps_ref, atol=ATOL, rtol=0)
@@ -168,9 +189,9 @@ def test_picture_as_small_as_the_patch(pyramid, schedule):
 
 def test_approximate_path(pyramid, schedule):
     x, xb = _inputs()
-    exact = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5)
+    exact = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, context_sigma=0.5)
     n_keys = exact.keys_1.shape[0]
-    every = PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5, candidates=n_keys)
+    every = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, context_sigma=0.5, candidates=n_keys)
     for t in (3, 50):
         tt = torch.full((2,), t)
         # compared on x̂0: ε = (r − cŷ)/σ magnifies float32 summation-order differences by c/σ (20 at t = 3)
@@ -179,7 +200,7 @@ def test_approximate_path(pyramid, schedule):
                                    atol=1e-5, rtol=0)
     # few candidates: near t = 0 the posterior of a noised picture like the training one sits on a
     # handful of patches, which the index finds
-    few = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=8)
+    few = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, candidates=8)
     t = 3
     g = torch.Generator().manual_seed(5)
     clean = pyramid.level_tensor(1)[None, :, 1:10].flip(-1).repeat(2, 1, 1, 1)
@@ -190,10 +211,11 @@ def test_approximate_path(pyramid, schedule):
     assert diff.mean() < 0.01 and diff.median() < 1e-4, (diff.mean(), diff.median())
 
 
-def test_chunking_does_not_change_results(pyramid, schedule):
+@pytest.mark.parametrize("merge", ["mean", "centre"])
+def test_chunking_does_not_change_results(pyramid, schedule, merge):
     x, xb = _inputs()
     tt = torch.full((2,), 25)
-    outs = [PatchDenoiser(pyramid, schedule, patch_size=3, context_sigma=0.5, chunk=c, candidates=k)
+    outs = [PatchDenoiser(pyramid, schedule, merge=merge, patch_size=3, context_sigma=0.5, chunk=c, candidates=k)
             (x, tt, 1, blurry=xb, gamma=0.3) for k in (None, 12) for c in (1, 97, 1 << 24)]
     for o in outs[1:3]:
         torch.testing.assert_close(o, outs[0], atol=1e-5, rtol=0)   # float32 summation order only
@@ -202,8 +224,8 @@ def test_chunking_does_not_change_results(pyramid, schedule):
 
 
 def test_flipped_keys_double_the_patches(pyramid, schedule):
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3, flips=True, context_sigma=0.5)
-    plain = PatchDenoiser(pyramid, schedule, patch_size=3)
+    pd = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, flips=True, context_sigma=0.5)
+    plain = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3)
     assert pd.keys_1.shape[0] == 2 * plain.keys_1.shape[0] == pd.ctx_1.shape[0]
     # every mirrored key is a training patch flipped left-right
     k = plain.keys_1.view(-1, 3, 3, 3).flip(-1).flatten(1)
@@ -212,7 +234,7 @@ def test_flipped_keys_double_the_patches(pyramid, schedule):
 
 def test_batch_with_mixed_timesteps(pyramid, schedule):
     x, _ = _inputs()
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3)
+    pd = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3)
     both = pd(x, torch.tensor([10, 40]), 0)
     torch.testing.assert_close(both[:1], pd(x[:1], torch.tensor([10]), 0))
     torch.testing.assert_close(both[1:], pd(x[1:], torch.tensor([40]), 0))
