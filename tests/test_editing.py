@@ -15,7 +15,7 @@ from PIL import Image
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
 from sinddm.editing import harmonize, match_histograms, prepare_content, resize_like_training
-from sinddm.masks import binarize_mask, harmonization_mask
+from sinddm.masks import harmonization_mask
 from sinddm.regions import Box, box_outside, parse_box, roi_copy_hook, roi_hooks, scale_box
 from sinddm.image_io import load_rgb, to_tensor
 from sinddm.pyramid import sample_sizes
@@ -32,6 +32,16 @@ REACH = 7 + 20                            # dilation radius + blur half-width (i
 
 def cli(*args) -> int:
     return main([str(a) for a in args])
+
+
+def binarize_mask(picture: Image.Image | np.ndarray) -> np.ndarray:
+    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128)."""
+    if isinstance(picture, Image.Image):
+        grey = np.asarray(picture.convert("L"), dtype=np.uint8)
+    else:
+        a = np.asarray(picture)
+        grey = a if a.ndim == 2 else np.asarray(Image.fromarray(a.astype(np.uint8)).convert("L"))
+    return grey >= 128
 
 
 def read_png(path) -> np.ndarray:
