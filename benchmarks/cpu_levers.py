@@ -26,7 +26,6 @@ as in the library; --no-malloc-tuning measures them all without it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -37,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: _report
+from _report import cpu_model, write_json  # noqa: E402
 
 
 VARIANTS = ("fp32", "channels_last", "bf16", "depthwise", "fused_adam", "training_net", "fast_fp32", "compile")
@@ -96,7 +97,7 @@ def main() -> None:
     from PIL import Image
 
     from sinddm.config import load_config
-    from sinddm.fast_cpu import cpu_bf16_native, cpu_model, keep_freed_memory
+    from sinddm.fast_cpu import cpu_bf16_native, keep_freed_memory
     from sinddm.pyramid import build_pyramid
 
     if args.threads:
@@ -144,9 +145,8 @@ def main() -> None:
         print(f"  {name:<14} {row['wall_ms']:7.1f} ms wall  {row['cpu_ms']:7.1f} ms CPU  x{base / row['cpu_ms']:.2f}"
               + (f"  (first steps, i.e. compiling: {first[name]} s)" if name == "compile" else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "threads": torch.get_num_threads(),
-                                               "config": args.config, "scales": scales, "rows": rows,
-                                               "malloc_tuning": malloc, "load": os.getloadavg()}, indent=1))
+        write_json(args.json, {"cpu": cpu_model(), "threads": torch.get_num_threads(), "config": args.config,
+                               "scales": scales, "rows": rows, "malloc_tuning": malloc, "load": os.getloadavg()})
 
 
 if __name__ == "__main__":

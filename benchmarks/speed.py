@@ -40,6 +40,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: _report, speed_cpu
+from _report import cpu_model, write_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "speed.json"
 ANCHORS = {"reference_train_ms_per_step_h200": 72.7, "reference_sample_batch16_s_h200": 2.25,
@@ -64,82 +67,6 @@ SAMPLE_BATCH = 16
 # worker side (one job per process)
 # ============================================================================================
 
-def _install_stubs() -> list[str]:
-    """Stand-ins for packages the benchmark does not need but sinddm imports (a bare GPU box
-    may lack them): tqdm (no-op bars), safetensors (errors on use), yaml (a tiny loader for
-    the flat configs in configs/)."""
-    import importlib.util
-    import types
-
-    missing = []
-    if importlib.util.find_spec("tqdm") is None:
-        missing.append("tqdm")
-
-        class _Bar:
-            def __init__(self, *a, **k): pass
-            def update(self, n=1): pass
-            def set_postfix(self, *a, **k): pass
-            def close(self): pass
-            def __enter__(self): return self
-            def __exit__(self, *a): return False
-
-        tq, auto = types.ModuleType("tqdm"), types.ModuleType("tqdm.auto")
-        tq.tqdm = auto.tqdm = _Bar
-        tq.auto = auto
-        sys.modules["tqdm"], sys.modules["tqdm.auto"] = tq, auto
-    if importlib.util.find_spec("safetensors") is None:
-        missing.append("safetensors")
-
-        def _absent(*a, **k):
-            raise RuntimeError("safetensors is not installed")
-
-        st, stt = types.ModuleType("safetensors"), types.ModuleType("safetensors.torch")
-        stt.load_file = stt.save_file = stt.safe_open = st.safe_open = _absent
-        st.torch = stt
-        sys.modules["safetensors"], sys.modules["safetensors.torch"] = st, stt
-    if importlib.util.find_spec("yaml") is None:
-        missing.append("yaml")
-        y = types.ModuleType("yaml")
-
-        class YAMLError(Exception):
-            pass
-
-        def _scalar(v: str):
-            v = v.strip()
-            if v.startswith("[") and v.endswith("]"):
-                return [_scalar(x) for x in v[1:-1].split(",") if x.strip()]
-            if v in ("true", "false"):
-                return v == "true"
-            for cast in (int, float):
-                try:
-                    return cast(v)
-                except ValueError:
-                    pass
-            return v
-
-        def safe_load(text: str):
-            out, section = {}, None
-            for raw in text.splitlines():
-                line = raw.split("#", 1)[0].rstrip()
-                if not line.strip():
-                    continue
-                key, _, val = line.strip().partition(":")
-                if line[0] not in " \t":
-                    section = out.setdefault(key, {}) if not val.strip() else None
-                    if val.strip():
-                        out[key] = _scalar(val)
-                elif section is not None:
-                    section[key] = _scalar(val)
-            return out
-
-        def safe_dump(*a, **k):
-            raise RuntimeError("yaml is not installed")
-
-        y.safe_load, y.safe_dump, y.YAMLError = safe_load, safe_dump, YAMLError
-        sys.modules["yaml"] = y
-    return missing
-
-
 class Worker:
     def __init__(self, spec: dict, out_path: str):
         self.spec, self.out_path = spec, out_path
@@ -148,10 +75,7 @@ class Worker:
 
     # -- plumbing --------------------------------------------------------------------------
     def save(self) -> None:
-        tmp = self.out_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.res, f, indent=1, default=str)
-        os.replace(tmp, self.out_path)
+        write_json(self.out_path, self.res)
 
     def log(self, msg: str) -> None:
         print(f"[{self.spec['name']}] {msg}", flush=True)
@@ -220,7 +144,7 @@ class Worker:
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         sys.path.insert(0, str(REPO))
-        self.res["stubbed_modules"] = _install_stubs()
+        self.res["stubbed_modules"] = []  # kept for the report's shape: the real packages are always there now
         import torch
 
         self.torch = torch
@@ -274,8 +198,7 @@ class Worker:
             except Exception:
                 info["triton"] = None
         else:
-            import platform
-            info.update(device_name=f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
+            info.update(device_name=f"CPU ({cpu_model()}, {os.cpu_count()} cores)")
         self.res["info"] = info
 
     def job_mode(self) -> None:
@@ -752,13 +675,6 @@ def targets_check(jobs: dict) -> dict:
     return out
 
 
-def write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def _cpu_plan(argv) -> bool:
     """No CUDA to measure (or --device cpu): the CPU plan, in benchmarks/speed_cpu.py."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -775,7 +691,6 @@ def _cpu_plan(argv) -> bool:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if _cpu_plan(argv):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from speed_cpu import main as cpu_main
 
         return cpu_main(argv)

@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: _report
+from _report import cpu_model, write_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "speed_cpu.json"
 CONFIGS = ("smoke", "cpu", "small")
@@ -75,7 +78,7 @@ def worker(spec: dict, out_path: str) -> None:
     res: dict = {"config": spec["config"], "threads": torch.get_num_threads(), "load_start": load()}
 
     def save():
-        Path(out_path).write_text(json.dumps(res, indent=1))
+        write_json(out_path, res)
 
     cfg = load_config(REPO / "configs" / f"{spec['config']}.yaml")
     pyr = build_pyramid(Image.open(REPO / spec["image"]).convert("RGB"), cfg.image.max_pixels)
@@ -297,7 +300,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from sinddm.fast_cpu import cpu_bf16_native, cpu_model
+    from sinddm.fast_cpu import cpu_bf16_native
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,7 +309,6 @@ def main(argv=None) -> int:
            "bf16_native": cpu_bf16_native(), "torch": torch.__version__, "load_start": load(), "image": args.image,
            "modes": modes, "configs": {}, "targets": TARGETS}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for name in [c for c in args.configs.split(",") if c]:
         spec = {"config": name, "image": args.image, "threads": args.threads, "modes": modes,
                 "warmup": 1, "repeats": 2 if args.quick else args.repeats, "steps": args.steps,
@@ -321,12 +323,12 @@ def main(argv=None) -> int:
             rep["configs"][name] = dict(json.loads(partial), error=f"{type(e).__name__}: {e}")
         finally:
             os.unlink(path)
-        out.write_text(json.dumps(rep, indent=1))
+        write_json(out, rep)
     if args.main_job:
         rep["main_job"] = main_job(1 if args.quick else args.main_job_repeats, args.threads)
     rep["load_end"] = load()
     rep["targets_check"] = targets_check(rep)
-    out.write_text(json.dumps(rep, indent=1))
+    write_json(out, rep)
     print()
     print(summarize(rep))
     print(f"\nwrote {out}")

@@ -156,16 +156,6 @@ def scale_batch_sizes(t: TrainConfig, n_scales: int) -> list[int]:
     return [scale_batch_size(t, s) for s in range(n_scales)]
 
 
-def ema_copy(t: TrainConfig, steps: int | None = None) -> tuple[int, float]:
-    """(step, share): the step of the EMA's last plain copy of the live weights (the last EMA
-    step at or before ema_start) and the share of the final EMA those weights still make up,
-    ema_decay ** (averaging updates since). The EMA averages over roughly the last
-    ema_every / (1 - ema_decay) steps; when that horizon is long next to the run, early,
-    barely trained weights stay in the model and its samples come out noisy."""
-    copied, updates = _ema_copy_and_updates(t, t.steps if steps is None else steps)
-    return copied, t.ema_decay ** updates
-
-
 def _ema_copy_and_updates(t: TrainConfig, steps: int) -> tuple[int, int]:
     """The last EMA step at or before ema_start (a plain copy) and the averaging updates after it."""
     copied = min(steps, t.ema_start) // t.ema_every * t.ema_every

@@ -71,18 +71,6 @@ def cpu_channels_last_pays() -> bool:
     return torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (for benchmark reports)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def keep_freed_memory() -> bool:
     """Make glibc keep freed tensor memory for reuse instead of handing it back to the OS.
 

@@ -13,25 +13,6 @@ MASK_BLUR_SIGMA = 5.0         # Gaussian σ, px
 MASK_BLUR_TRUNCATE = 4.0      # kernel half-width in σ (scikit-image / SciPy's default)
 
 
-def binarize_mask(picture: Image.Image | np.ndarray) -> np.ndarray:
-    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128).
-    (The edit modes read masks by `mask_channel`, the reference's rule.)"""
-    if isinstance(picture, Image.Image):
-        grey = np.asarray(picture.convert("L"), dtype=np.uint8)
-    else:
-        a = np.asarray(picture)
-        grey = a if a.ndim == 2 else np.asarray(Image.fromarray(a.astype(np.uint8)).convert("L"))
-    return grey >= 128
-
-
-def resize_mask(mask: np.ndarray | torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Bool H×W → bool h×w: area-weighted (antialiased bilinear) resize, kept where ≥ 50 %."""
-    m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).float()[None, None]
-    if tuple(m.shape[-2:]) != tuple(size_hw):
-        m = F.interpolate(m, size=tuple(size_hw), mode="bilinear", align_corners=False, antialias=True)
-    return m[0, 0] >= 0.5
-
-
 def disk_kernel(radius: int) -> torch.Tensor:
     """(2r+1)² float kernel: 1 where dy² + dx² ≤ r²."""
     d = torch.arange(-radius, radius + 1, dtype=torch.float32)

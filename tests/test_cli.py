@@ -5,8 +5,10 @@ tests. Sampling tests pass small `--start-t` values so that each call runs a han
 of network evaluations instead of ~200.
 """
 
+import argparse
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -18,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sinddm.checkpoint import history_paths, load_model
-from sinddm.cli import main
+from sinddm.cli import COMMAND_MODULES, build_parser, main
 from sinddm.config import load_config
 from sinddm.convert import from_reference_state_dict
 from sinddm.image_io import load_rgb, make_grid
@@ -479,12 +481,24 @@ def test_sample_from_converted_run(converted_run, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 def test_help_lists_every_command(capsys):
+    """Every subcommand the parser registers is listed in `sinddm --help`, each on its own entry with
+    its one-line help, and each has a handler."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = list(sub.choices)
+    helps = {c.dest: " ".join(c.help.split()) for c in sub._choices_actions}
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
+    listed = re.findall(r"^ {4}(\S+)", out, flags=re.M)    # argparse's entries under COMMAND
+    assert listed == commands
+    flat = " ".join(out.split())                            # argparse wraps long help lines
+    for command in commands:
+        assert f"{command} {helps[command]}" in flat, command
     for command in ("inspect", "train", "sample", "convert-reference"):
         assert command in out
+    handlers = {name for module in COMMAND_MODULES for name in module.COMMANDS}
+    assert set(commands) <= handlers, set(commands) - handlers
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from PIL import Image
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
 from sinddm.editing import harmonize, match_histograms, prepare_content, resize_like_training
-from sinddm.masks import binarize_mask, harmonization_mask
+from sinddm.masks import (MASK_BLUR_SIGMA, MASK_DILATE_RADIUS, dilate, gaussian_blur, harmonization_mask,
+                          mask_channel)
 from sinddm.regions import Box, box_outside, parse_box, roi_copy_hook, roi_hooks, scale_box
 from sinddm.image_io import load_rgb, to_tensor
 from sinddm.pyramid import sample_sizes
@@ -32,6 +33,16 @@ REACH = 7 + 20                            # dilation radius + blur half-width (i
 
 def cli(*args) -> int:
     return main([str(a) for a in args])
+
+
+def binarize_mask(picture: Image.Image | np.ndarray) -> np.ndarray:
+    """Any mask picture → bool H×W: a pixel is in when its grey level is at least 50 % (128)."""
+    if isinstance(picture, Image.Image):
+        grey = np.asarray(picture.convert("L"), dtype=np.uint8)
+    else:
+        a = np.asarray(picture)
+        grey = a if a.ndim == 2 else np.asarray(Image.fromarray(a.astype(np.uint8)).convert("L"))
+    return grey >= 128
 
 
 def read_png(path) -> np.ndarray:
@@ -116,6 +127,23 @@ def test_harmonization_mask_is_dilated_blurred_and_rescaled():
     assert s[35, 47] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_harmonization_mask_rescales_from_its_minimum_when_it_reaches_everywhere():
+    """A mask whose dilation and blur reach every pixel of the composite: the blurred mask is > 0
+    even at the far border, and min–max rescaling (not a division by the maximum) brings it to
+    exactly 0 there and exactly 1 at its top, so the far border keeps the composite."""
+    h, w = 20, 24
+    mask = np.zeros((h, w), bool)
+    mask[8:12, 10:14] = True
+    m = torch.from_numpy(mask_channel(mask, (h, w)) > 0).float()[None, None]
+    blurred = gaussian_blur(dilate(m, MASK_DILATE_RADIUS), MASK_BLUR_SIGMA)
+    lo, hi = float(blurred.min()), float(blurred.max())
+    assert 0.05 < lo / hi < 0.5                         # it reaches everywhere, unevenly: ~0.1 at the border
+    soft = harmonization_mask(mask, (h, w))
+    assert float(soft.min()) == 0.0 and float(soft.max()) == 1.0
+    assert float(soft[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]].max()) < 1e-6   # the far corners: the composite
+    torch.testing.assert_close(soft, ((blurred - lo) / (hi - lo)).float(), rtol=0, atol=1e-7)
+
+
 def test_harmonization_mask_follows_the_composite_size():
     mask = np.zeros((90, 120), bool)
     mask[40:60, 50:80] = True
@@ -174,11 +202,19 @@ def test_histogram_matching_maps_a_flat_channel_to_the_reference_maximum(loaded)
 
 
 def test_prepare_content_resizes_then_matches(loaded):
-    prepared = prepare_content(load_rgb(GOLDEN / "portrait_186x248.png"), loaded.pyramid, 10_000)
+    picture = load_rgb(GOLDEN / "portrait_186x248.png")
+    prepared = prepare_content(picture, loaded.pyramid, 10_000)
     assert prepared.shape == (115, 86, 3)  # the content keeps its own (portrait) aspect under the pixel cap
     ref = loaded.pyramid.levels[-1]
     for c in range(3):
         assert abs(prepared[..., c].mean() - ref[..., c].mean()) < 3
+    # exactly: resized like the training image, then matched to the finest level (not the coarsest,
+    # and not matched first and resized after)
+    resized = resize_like_training(picture, 10_000)
+    np.testing.assert_array_equal(prepared, match_histograms(resized, ref))
+    assert not np.array_equal(prepared, match_histograms(resized, loaded.pyramid.levels[0]))
+    matched_first = match_histograms(np.asarray(picture), ref)
+    assert not np.array_equal(prepared, resize_like_training(Image.fromarray(matched_first), 10_000))
 
 
 # ---------------------------------------------------------------------------------------

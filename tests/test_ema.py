@@ -1,4 +1,4 @@
-"""The EMA's horizon against the run's length: `config.ema_copy` / `ema_warning`, checked
+"""The EMA's horizon against the run's length: `ema_copy` (below) / `config.ema_warning`, checked
 against what the trainer really averages, and the warning `sinddm train` prints."""
 
 import pytest
@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 
 from sinddm.cli import main
-from sinddm.config import config_from_dict, ema_copy, ema_warning, load_config
+from sinddm.config import TrainConfig, config_from_dict, ema_warning, load_config
 from sinddm.pyramid import build_pyramid
 from sinddm.training import Trainer
 
@@ -15,6 +15,15 @@ from .conftest import ASSETS, CONFIGS, GOLDEN
 
 TINY_TRAIN = dict(steps=12, batch_size=1, lr=1e-2, lr_milestones=[100], ema_decay=0.8, ema_every=2, ema_start=3,
                   checkpoint_every=1000, log_every=4, grid_samples=0)
+
+
+def ema_copy(t: TrainConfig, steps: int | None = None) -> tuple[int, float]:
+    """(step, share): the step of the EMA's last plain copy of the live weights (the last EMA
+    step at or before ema_start) and the share of the final EMA those weights still make up,
+    ema_decay ** (averaging updates since)."""
+    steps = t.steps if steps is None else steps
+    copied = min(steps, t.ema_start) // t.ema_every * t.ema_every
+    return copied, t.ema_decay ** (steps // t.ema_every - copied // t.ema_every)
 
 
 def tiny(**train):

@@ -38,18 +38,30 @@ def test_respaced_schedule_keeps_alpha_bar_at_the_kept_steps(k):
 
 
 def test_respaced_ddpm_tells_the_network_the_kept_timesteps():
-    seen = []
+    seen, inputs, x0s = [], [], []
 
     def spy(x, t, scale):
         seen.append(t.tolist())
+        inputs.append(x.clone())
         return torch.zeros_like(x)
 
+    def record(x0, t):
+        x0s.append(x0.clone())
+        return x0
+
     sched = Schedule.cosine_respaced(10)
-    x = torch.randn(2, 3, 8, 8)
-    out = sample_ddpm(spy, sched, x, 0, lambda t: torch.zeros_like(x))
+    alpha_bar_T = cosine_alphas_cumprod(100)[99]            # the last kept step is t = 99
+    # x_T at 1.5 standard deviations of x̂0: some pixels of x̂0 are clamped, some not
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.5 * float(np.sqrt(alpha_bar_T))
+    out = sample_ddpm(spy, sched, x, 0, lambda t: torch.zeros_like(x), x0_hook=record)
     assert seen == [[t, t] for t in reversed(sched.timesteps.tolist())]
     # ε̂ = 0 and no noise: x̂0 = x_T / sqrt(ᾱ_T) clamped, and the chain ends at x̂0 of the last step
-    assert torch.isfinite(out).all()
+    first = torch.from_numpy(x.double().numpy() / np.sqrt(alpha_bar_T)).clamp(-1, 1).float()
+    assert 0 < int((first.abs() < 1).sum()) < first.numel()  # the clamp matters, and not everywhere
+    torch.testing.assert_close(x0s[0], first, rtol=1e-6, atol=0)
+    for k, (x_t, x0) in zip(reversed(range(len(inputs))), zip(inputs, x0s)):   # every step: x̂0 = x_t / sqrt(ᾱ_t)
+        assert torch.equal(x0, (x_t * sched.sqrt_recip_alphas_cumprod[k]).clamp(-1, 1)), k
+    assert torch.equal(out, x0s[-1])
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from sinddm.pipeline import generate
 from sinddm.pyramid import build_pyramid, sample_sizes
 from sinddm.regions import Box
 from sinddm.samplers import upsample
+from sinddm import tiling
 from sinddm.tiling import (TiledDenoiser, probe_radius, receptive_radius, seam_z, spans, tiled_loaded,
                            wrap_pad)
 
@@ -130,6 +131,81 @@ def test_wrap_pad_and_wrapped_upsampling():
     rolled = upsample(torch.roll(x, (1, 1), (-2, -1)), (26, 34), wrap=True)   # exact ×2: roll by 2
     assert close(torch.roll(upsample(x, (26, 34), wrap=True), (2, 2), (-2, -1)), rolled) < TOL
     assert close(torch.roll(plain, (2, 3), (-2, -1)), upsample(torch.roll(x, (1, 1), (-2, -1)), (26, 39))) > 0.1
+
+
+class _BatchRecorder(nn.Module):
+    """The denoiser, recording how many windows each call gets."""
+
+    def __init__(self, net: Denoiser):
+        super().__init__()
+        self.net, self.dim, self.batches = net, net.dim, []
+
+    def forward(self, x, t, scale):
+        self.batches.append(x.shape[0])
+        return self.net(x, t, scale)
+
+
+def _planned_window_bytes(win_h: int, win_w: int, dim: int) -> int:
+    """What the plan counts for one window (tiling's docstring: `_MAPS_PER_WINDOW` live maps of `dim`
+    float32 channels): h·w·dim·4 bytes·maps."""
+    return win_h * win_w * dim * 4 * tiling._MAPS_PER_WINDOW
+
+
+def test_a_pass_holds_the_windows_its_budget_plans(monkeypatch):
+    net = _BatchRecorder(Denoiser(16).eval())
+    tile, win = 16, 16 + 2 * 16                          # cores of 16 px, halo 16 on each side
+    planned = _planned_window_bytes(win, win, 16)
+    monkeypatch.setattr(tiling, "TILE_PASS_BUDGET", 5 * planned + planned // 2)
+    per_pass = tiling.TILE_PASS_BUDGET // planned        # 5
+    x, t = torch.randn(2, 3, 96, 112), torch.tensor([3, 70])
+    windows = 2 * (96 // tile) * (112 // tile)           # 84
+    assert per_pass >= 2 and windows > 4 * per_pass      # a pass of 4x the windows would show
+    with torch.no_grad():
+        TiledDenoiser(net, tile)(x, t, 0)
+    assert net.batches == [per_pass] * (windows // per_pass) + [windows % per_pass]
+
+
+def _peak_allocated(fn) -> int:
+    """Peak bytes held by PyTorch's CPU allocator while `fn` runs (over what was held before):
+    every allocation and free the profiler records, oneDNN's buffers included, in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        allocation = torch._C._profiler._EventType.Allocation
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        roots = prof.profiler.kineto_results.experimental_event_tree()
+    except AttributeError as e:   # the profiler's event tree is not public API
+        pytest.skip(f"no allocation events from this torch's profiler: {e}")
+    events, todo = [], list(roots)
+    while todo:
+        e = todo.pop()
+        todo += e.children
+        if e.tag == allocation:
+            events.append((e.start_time_ns, e.extra_fields.alloc_size))
+    held = peak = 0
+    for _, size in sorted(events):
+        held += size
+        peak = max(peak, held)
+    return peak
+
+
+def test_a_pass_stays_near_its_memory_budget(monkeypatch):
+    """One tiled forward measured at the allocator: the passes' peak is the pass budget, give or take
+    what the plan does not count. The plan counts 4 maps of `dim` channels per window; measured here
+    ~5.2 (width 32; oneDNN's conversions and the 1×1 convolutions' buffers), so a pass takes ~1.3× its
+    budget; 1.5× is the bound. A pass that ignored the budget (4× the windows) takes ~5×."""
+    torch.manual_seed(0)
+    net = Denoiser(32).eval()
+    tile, win = 24, 24 + 2 * 16
+    planned = _planned_window_bytes(win, win, 32)
+    monkeypatch.setattr(tiling, "TILE_PASS_BUDGET", 4 * planned)
+    x, t = torch.randn(1, 3, 120, 120), torch.tensor([5])          # 25 windows: passes of 4
+    tiled = TiledDenoiser(net, tile)
+    with torch.no_grad():
+        tiled(x, t, 0)                                             # oneDNN's one-off set-up
+        peak = _peak_allocated(lambda: tiled(x, t, 0))
+    assert tiling.TILE_PASS_BUDGET / 2 < peak <= 1.5 * tiling.TILE_PASS_BUDGET, peak / tiling.TILE_PASS_BUDGET
 
 
 # -- every sampler path, same seed ----------------------------------------------------------------
