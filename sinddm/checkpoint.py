@@ -32,6 +32,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .config import Config, config_from_dict
 from .errors import UserError, check_readable
+from .hybrid import build_denoiser
 from .model import Denoiser, infer_width
 from .pyramid import Pyramid
 from .schedule import Schedule, blend_gammas, start_timesteps
@@ -234,21 +235,9 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise UserError(f"model '{p}': incomplete or inconsistent model file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); retrain or re-convert it") from None
-    model = _denoiser(model, pyramid, config, p)
+    model = build_denoiser(model, pyramid, config, source=f"model '{p}'")
     model.to(device).eval()
     return LoadedModel(model=model, pyramid=pyramid, config=config, step=int(meta.get("step", 0)), path=p)
-
-
-def _denoiser(network: Denoiser | None, pyramid: Pyramid, config: Config, p: Path):
-    """The network, or the hybrid its config asks for (`model.trained_scales`, docs/method.md §11)."""
-    from .hybrid import build_denoiser
-
-    if network is None and config.model.trained_scales != 0:
-        raise UserError(f"model '{p}': no network weights inside; retrain or re-convert it")
-    try:
-        return build_denoiser(network, pyramid, config)
-    except UserError as e:
-        raise UserError(f"model '{p}': {e}") from None
 
 
 def pyramid_to_state(pyramid: Pyramid) -> dict[str, Any]:
@@ -280,7 +269,7 @@ def _load_from_train_state(p: Path, device) -> LoadedModel:
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise UserError(f"checkpoint '{p}': incomplete or inconsistent training checkpoint ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); sample from model.safetensors instead") from None
-    model = _denoiser(model, pyramid, config, p)
+    model = build_denoiser(model, pyramid, config, source=f"model '{p}'")
     model.to(device).eval()
     return LoadedModel(model=model, pyramid=pyramid, config=config, step=int(state["step"]), path=p)
 

@@ -70,7 +70,7 @@ def text(value: Any) -> str:
     if not isinstance(value, str):
         raise ParameterError("text", f"must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise ParameterError("text", "the prompt is empty; give a few words, e.g. 'a medieval castle'")
+        raise ParameterError("text", "empty; give a few words, e.g. 'a medieval castle'")
     return value
 
 

@@ -1,5 +1,6 @@
 """The exceptions the CLI turns into a one-line message and an exit code (no traceback)."""
 
+import re
 import signal
 from pathlib import Path
 
@@ -26,11 +27,17 @@ def check_readable(path: Path, what: str) -> None:
 
 
 class ParameterError(UserError):
-    """Bad input named by the API's parameter (`param`); doors rename it (`renamed`) for their users."""
+    """Bad input named by the API's parameter (`param`); doors rename it (`renamed`) for their users.
+    `message` may name other parameters as {name}: each door spells them its own way too."""
 
     def __init__(self, param: str, message: str):
         self.param, self.message = param, message
-        super().__init__(f"{param}: {message}")
+        super().__init__(f"{param}: {_spell(message, str)}")
 
-    def renamed(self, name: str) -> UserError:
-        return UserError(f"{name}: {self.message}")
+    def renamed(self, name: str, spell=None) -> UserError:
+        """The same refusal with the parameter called `name` (and the others `spell(param)`)."""
+        return UserError(f"{name}: {_spell(self.message, spell or str)}")
+
+
+def _spell(message: str, spell) -> str:
+    return re.sub(r"\{([a-z_0-9]+)\}", lambda m: spell(m.group(1)), message)

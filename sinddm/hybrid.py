@@ -58,10 +58,17 @@ class HybridDenoiser(nn.Module):
         return self.patches(x, t, scale, blurry=blurry, gamma=gamma)
 
 
-def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config) -> nn.Module:
+def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config,
+                   source: str = "model") -> nn.Module:
     """The denoiser a model file or a picture stands for: the network alone (the paper), or a
-    `HybridDenoiser` when `model.trained_scales` is set."""
-    k = network_scales(config, pyramid.n_scales)
+    `HybridDenoiser` when `model.trained_scales` is set. UserError (naming `source`) when the
+    config and what the file holds disagree."""
+    if network is None and config.model.trained_scales != 0:
+        raise UserError(f"{source}: no network weights inside; retrain or re-convert it")
+    try:
+        k = network_scales(config, pyramid.n_scales)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     if k == pyramid.n_scales:
         return network
     patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales))

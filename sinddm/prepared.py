@@ -6,6 +6,7 @@ prepare every call first (so bad input fails before any work or output), then ru
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -32,7 +33,7 @@ def _common(model, num, seed, generator, batch_size, tile) -> dict:
 
 def _sizes(model, scale_hw, size, start_level: int = 0) -> list[tuple[int, int]]:
     if scale_hw is not None and size is not None:
-        raise ParameterError("size", "give size or scale_hw, not both")
+        raise ParameterError("size", "give {size} or {scale_hw}, not both")
     scale_hw = None if scale_hw is None else C.pair("scale_hw", scale_hw)
     if scale_hw is not None and not all(0 < f <= 64 for f in scale_hw):
         raise ParameterError("scale_hw", f"factors must be in (0, 64], got {scale_hw}")
@@ -40,6 +41,11 @@ def _sizes(model, scale_hw, size, start_level: int = 0) -> list[tuple[int, int]]
     n = model.pyramid.n_scales
     start_level = C.whole("start_level", start_level, 0, n - 1)
     return checked_sample_sizes(model.pyramid, scale_hw=scale_hw, size_hw=size, start_level=start_level)
+
+
+def _named(value) -> str:
+    """A picture given as a path, named at the start of a message ('' for an image or array)."""
+    return f"'{value}' " if isinstance(value, (str, os.PathLike)) else ""
 
 
 def _exact_only(model, what: str) -> None:
@@ -69,7 +75,7 @@ def prepare_sample(model, num=1, scale_hw=None, size=None, start_level=0, start_
     ts = C.start_t(start_t, model.loaded.start_t)
     steps0 = C.optional_whole("scale0_steps", scale0_steps, 2, T_STEPS)
     if steps0 is not None and start_t is not None and len(start_t) == model.pyramid.n_scales:
-        raise ParameterError("scale0_steps", "and a T[0] in start_t both set scale 0's steps; give one of them")
+        raise ParameterError("scale0_steps", "and a T[0] in {start_t} both set scale 0's steps; give one of them")
     tileable, all_scales = C.flag("tileable", tileable), C.flag("all_scales", all_scales)
     callback = C.callback(callback)
     tile = plan_tile(sizes, model.loaded.model, c["batch_size"], model.device, c["tile"], num=c["num"])
@@ -98,10 +104,11 @@ def prepare_harmonize(model, composite, mask, num=1, noise_level=C.HARMONIZE_NOI
         raise ParameterError("composite", f"{comp.width}x{comp.height} px (w x h) is too small; give a picture "
                                           f"at least {MIN_SIDE} px on its short side")
     if m.size != comp.size:
-        raise ParameterError("mask", f"{m.width}x{m.height} px but the composite is {comp.width}x{comp.height} "
-                                     "px; give a mask of the composite's size")
+        raise ParameterError("mask", f"{_named(mask)}{m.width}x{m.height} px but the {{composite}} {_named(composite)}"
+                                     f"is {comp.width}x{comp.height} px; give a mask of the composite's size")
     if not mask_channel(m, (m.height, m.width)).any():
-        raise ParameterError("mask", "empty (every pixel is black); paint the pasted region white on black")
+        raise ParameterError("mask", f"{_named(mask)}empty (every pixel is black); paint the pasted region white "
+                                     "on black")
     picture = resize_like_training(comp, model.loaded.config.image.max_pixels)
     try:
         soft = harmonization_mask(m, picture.shape[:2])
@@ -159,7 +166,7 @@ def prepare_roi_copy(model, source, targets, num=1, scale_hw=None, size=None, st
     for t in tgts:
         if box_outside(t, sizes[-1]):
             raise ParameterError("targets", f"{t} reaches beyond the output ({sizes[-1][0]} rows x {sizes[-1][1]} "
-                                            "columns); give a box inside it or enlarge the output (size, scale_hw)")
+                                            "columns); give a box inside it or enlarge the output ({size}, {scale_hw})")
 
     def run():
         return roi_generate(model.tiled(c["tile"]), sizes, ts, src, tgts, num=c["num"], seed=c["seed"],

@@ -473,7 +473,7 @@ def test_run_jobs_file_with_every_edit_mode(run, pictures, tmp_path):
         {"edit": {"model": str(run), "mode": "harmonize", "composite": str(pictures["composite"]),
                   "mask": str(pictures["mask"]), "num": 1, "out": str(tmp_path / "h"), **_yaml_common()}},
         {"edit": {"model": str(run), "mode": "style-transfer", "content": str(pictures["content"]),
-                  "start_t": 3, "num": 2, "out": str(tmp_path / "s"), **_yaml_common()}},
+                  "noise_level": 3, "num": 2, "out": str(tmp_path / "s"), **_yaml_common()}},
         {"edit": {"model": str(run), "mode": "roi-copy", "source": "10,10,30,30",
                   "target": ["50,70,30,30", "5,75,30,30"], "start_t": [2, 1, 1], "num": 1,
                   "size": "90x120", "out": str(tmp_path / "r"), **_yaml_common()}},

@@ -139,7 +139,7 @@ def test_from_image_takes_arrays_and_pil_alike():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", ASSETS / "models" / "hubble-small.safetensors", "--max-pixels", "5000"], "--max-pixels applies"),
+    (["sample", ASSETS / "models" / "hubble-small.safetensors", "--max-pixels", "5000"], "--max-pixels: applies"),
     (["sample", PHOTO, "--max-pixels", "1000"], "below the 42 px"),
     (["sample", PHOTO, "--max-pixels", "0"], "--max-pixels must be >= 1"),
 ])

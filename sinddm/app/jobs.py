@@ -95,7 +95,8 @@ class Studio:
         try:
             return getattr(self.model, name)(**arguments)
         except ParameterError as e:
-            raise e.renamed(FIELD_NAMES.get(e.param, e.param.replace("_", " "))) from None
+            label = lambda p: FIELD_NAMES.get(p, p.replace("_", " "))  # noqa: E731
+            raise e.renamed(label(e.param), label) from None
 
     @staticmethod
     def _count(n):

@@ -181,7 +181,7 @@ def load_run(path, device, cache: ModelCache | None = None, max_pixels: int | No
             return cache.load(path, device, max_pixels)
         return open_model(path, device, max_pixels)
     except ParameterError as e:
-        raise e.renamed(flag_for(e.param)) from None
+        raise e.renamed(flag_for(e.param), flag_for) from None
 
 
 # The API's parameter names as this command line spells them (the rest: '--' + name with dashes).
@@ -208,7 +208,7 @@ def prepare_call(model, name: str, **arguments):
     try:
         return model.prepare(name, **arguments)
     except ParameterError as e:
-        raise e.renamed(flag_for(e.param)) from None
+        raise e.renamed(flag_for(e.param), flag_for) from None
 
 
 def output_folder(loaded, args, name: str = "samples") -> Path:
