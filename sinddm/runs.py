@@ -2,7 +2,7 @@
 command line makes (the folder, memory, the picture on resume), and convert a reference checkpoint.
 
 A run folder holds model.safetensors, checkpoint.pt (+ checkpoints/), config.yaml, pyramid.png,
-loss.csv/png and samples_grid.png (README, "A run folder holds"). Notes and warnings go to stderr,
+loss.csv/png and samples_grid.png (docs/training.md, "The run folder"). Notes and warnings go to stderr,
 as the CLI shows them; problems raise `UserError` with one line that names the input.
 """
 

@@ -83,7 +83,7 @@ def add_executor_arguments(p) -> None:
     from .common import int_arg, positive_int
     from ..eval.cluster import EXECUTORS
 
-    g = p.add_argument_group("where the jobs run (each picture x recipe is one job; README: Many pictures, many GPUs)")
+    g = p.add_argument_group("where the jobs run (each picture x recipe is one job; docs/scaling.md)")
     g.add_argument("--executor", choices=EXECUTORS,
                    help="inline: one after another in this process (default); local: a process per job on this "
                         "machine, each with its own GPU(s); slurm: a SLURM job array (needs 'sinddm[cluster]')")
