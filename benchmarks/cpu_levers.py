@@ -13,9 +13,9 @@ Variants, each adding one lever to the one above:
   fp32            the exact path (NCHW, oneDNN's depthwise gradient, for-loop Adam)
   channels_last   the same in NHWC
   bf16            + bf16 autocast (fp32 master weights)
-  depthwise       + sinddm.fast_cpu's depthwise gradient
+  depthwise       + sinddm.fast.cpu's depthwise gradient
   fused_adam      + fused Adam (the CPU fast path before the training network)
-  training_net    + sinddm.fast_cpu_train's network as one Function: the CPU fast path as
+  training_net    + sinddm.fast.cpu_train's network as one Function: the CPU fast path as
                   `--precision fast` runs it
   fast_fp32       training_net without bf16: the fast path of a CPU without native bf16
   compile         + torch.compile (--compile; its first step, the compile, is reported apart)
@@ -48,7 +48,7 @@ def build(name: str, cfg, pyr, unused: Path):
     import torch
 
     from sinddm.fast import FastOptions
-    from sinddm.fast_cpu import cpu_bf16_native
+    from sinddm.fast.cpu import cpu_bf16_native
     from sinddm.training import Trainer
 
     cpu = torch.device("cpu")
@@ -97,7 +97,7 @@ def main() -> None:
     from PIL import Image
 
     from sinddm.config import load_config
-    from sinddm.fast_cpu import cpu_bf16_native, keep_freed_memory
+    from sinddm.fast.cpu import cpu_bf16_native, keep_freed_memory
     from sinddm.pyramid import build_pyramid
 
     if args.threads:

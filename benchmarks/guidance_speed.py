@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
 
-    from sinddm.clip import ClipSpec, load_clip
-    from sinddm.guidance import GuidanceParams, TextGuide, autocast_model, sample_guided
+    from sinddm.edits.clip import ClipSpec, load_clip
+    from sinddm.edits.guidance import GuidanceParams, TextGuide, autocast_model, sample_guided
     from sinddm.pipeline import generate
     from sinddm.devices import resolve_device, resolve_precision
 

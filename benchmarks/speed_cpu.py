@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from sinddm.fast_cpu import cpu_bf16_native
+    from sinddm.fast.cpu import cpu_bf16_native
 
     if args.threads:
         torch.set_num_threads(args.threads)

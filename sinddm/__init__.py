@@ -2,25 +2,35 @@
 
 Start with `SinDDM` (load / train / sample / edit). The method is written down in docs/method.md.
 
-Module map (library first; nothing below imports the CLI):
-  api          SinDDM: the public object; the CLI is written on top of the same pieces
+Module map (library first; nothing below imports the CLI).
+
+The core, read first:
   pyramid      the multiscale pyramid, blur distances, output sizes            (method §1, §5.4)
   schedule     cosine schedule, start timesteps T[s], blend weights γ            (method §2)
   model        the denoiser ε_θ(x, t, s); knows nothing about schedules         (method §3)
-  training     the training loop and its numeric guard                           (method §4)
+  training     the training loop (its numeric guard: numeric_guard)            (method §4)
   samplers     pure sampling functions: DDPM, blended finer steps, the pyramid   (method §5)
-  patch_denoiser  the closed-form (training-free) denoiser over a level's own patches  (method §11)
-  tiling       the denoiser on tiles with a receptive-field halo (exact), or on a torus (seamless)
   pipeline     seeded batches: the one batching loop of sampling and every edit
-  editing      harmonization, style transfer, ROI-guided generation             (method §7)
-  regions      boxes and ROI hooks;  masks: soft and binary masks
-  text_edits   the four text-guided modes; guidance: CLIP loss, views, guided loops; clip: weights (§6)
-  runs         run folders: create, resume, finish, convert a reference checkpoint
-  devices      device and precision names, memory estimates and up-front checks
-  checkpoint   model files and crash-safe training checkpoints;  config: strict YAML configs
-  fast         the CUDA (and CPU) fast paths;  image_io, plots: pictures in and out
-  eval         quality metrics, reports, eval-suite and eval-compare
-  cli          the `sinddm` command line
+  tiling       the denoiser on tiles with a receptive-field halo (exact), or on a torus (seamless)
+  patch_denoiser  the closed-form (training-free) denoiser over a level's own patches  (method §11)
+  hybrid       the network on the K coarsest scales, the patch denoiser on the rest   (method §11)
+
+The public object and its checks:
+  api          SinDDM: load / from_image / train, sample and every edit; the CLI calls it
+  prepared, prepared_text   every operation as a checked call;  checks: the argument checks
+  sources      what a MODEL argument names: a model file, a run, or a picture (training-free)
+
+Rooms:
+  edits/       harmonization, style transfer, ROI generation, regions, masks, text edits,
+               CLIP guidance, CLIP weights and views                           (method §6, §7)
+  fast/        the CUDA and CPU fast paths (bf16, channels_last, fused kernels, CUDA graphs)
+  eval/        quality metrics, reports, eval-suite and eval-compare
+  app/         the browser studio (Gradio) on top of SinDDM
+  cli/         the `sinddm` command line
+
+Around them: runs (run folders), checkpoint (model files, crash-safe checkpoints), config (strict
+YAML configs), devices (device and precision names, memory checks), convert (reference
+checkpoints), image_io and plots (pictures in and out), errors.
 """
 
 from .api import SinDDM

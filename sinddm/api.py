@@ -29,7 +29,7 @@ from .image_io import to_uint8
 from .prepared import PREPARERS, Prepared
 from .prepared_text import TEXT_PREPARERS
 from .pyramid import DEFAULT_MAX_PIXELS
-from .regions import Box
+from .edits.regions import Box
 
 PathLike = str | os.PathLike
 Picture = PathLike | Image.Image | np.ndarray     # a uint8 H×W×3 array
@@ -324,7 +324,7 @@ class SinDDM:
             strength: the guidance step η in [0, 1].
             fill_factor: the fraction of the picture the text may change, in [0, 1].
             momentum: λ in [0, 1], keeping the previous guided estimate inside the mask.
-            clip: a `sinddm.clip.ClipSpec` or an open_clip model name (default ViT-B/32, OpenAI weights).
+            clip: a `sinddm.edits.clip.ClipSpec` or an open_clip model name (default ViT-B/32, OpenAI weights).
             clip_views: how CLIP sees x̂0: 'reference', 'aspect' or 'square'.
             num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
 

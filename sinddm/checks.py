@@ -144,7 +144,7 @@ def picture(value: Any, name: str) -> Image.Image:
 
 def box(value: Any, name: str):
     """A Box, 'y,x,h,w' or four whole numbers."""
-    from .regions import Box, parse_box
+    from .edits.regions import Box, parse_box
 
     if isinstance(value, Box):
         return value

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .checkpoint import LoadedModel
 from .devices import auto_batch_size, resolve_precision
 from .fast import FastPyramidSampler, prepare_backends, sampling_options
-from .fast_cpu import keep_freed_memory
+from .fast.cpu import keep_freed_memory
 from .samplers import sample_pyramid
 from .schedule import Schedule
 from .tiling import tiled_loaded

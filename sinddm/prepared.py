@@ -92,9 +92,9 @@ def prepare_sample(model, num=1, scale_hw=None, size=None, start_level=0, start_
 
 def prepare_harmonize(model, composite, mask, num=1, noise_level=C.HARMONIZE_NOISE_LEVEL, seed=0,
                       generator=None, batch_size=None, tile=None, progress=False) -> Prepared:
-    from .editing import harmonize, resize_like_training
+    from .edits.image import harmonize, resize_like_training
     from .image_io import to_tensor
-    from .masks import harmonization_mask, mask_channel
+    from .edits.masks import harmonization_mask, mask_channel
 
     c = _common(model, num, seed, generator, batch_size, tile)
     level = C.noise_level(noise_level)
@@ -126,7 +126,7 @@ def prepare_harmonize(model, composite, mask, num=1, noise_level=C.HARMONIZE_NOI
 
 def prepare_style_transfer(model, content, num=1, noise_level=C.STYLE_TRANSFER_NOISE_LEVEL, seed=0,
                            generator=None, batch_size=None, tile=None, progress=False) -> Prepared:
-    from .editing import prepare_content, style_transfer
+    from .edits.image import prepare_content, style_transfer
     from .image_io import to_tensor
 
     c = _common(model, num, seed, generator, batch_size, tile)
@@ -147,8 +147,8 @@ def prepare_style_transfer(model, content, num=1, noise_level=C.STYLE_TRANSFER_N
 
 def prepare_roi_copy(model, source, targets, num=1, scale_hw=None, size=None, start_t=None, seed=0,
                      generator=None, batch_size=None, tile=None, progress=False) -> Prepared:
-    from .editing import roi_generate
-    from .regions import box_outside
+    from .edits.image import roi_generate
+    from .edits.regions import box_outside
 
     c = _common(model, num, seed, generator, batch_size, tile)
     _exact_only(model, "roi_copy")

@@ -12,11 +12,11 @@ from .prepared import Prepared, _common, _finest_scales, _sizes
 
 def _clip(model, clip, clip_views) -> dict:
     """The CLIP spec (its weights reachable, or one line saying how to get them) and the view mode."""
-    from .clip import ClipSpec, resolve_clip
-    from .clip_views import DEFAULT_VIEW_MODE, VIEW_MODES
+    from .edits.clip import ClipSpec, resolve_clip
+    from .edits.clip_views import DEFAULT_VIEW_MODE, VIEW_MODES
 
     if clip is not None and not isinstance(clip, (ClipSpec, str)):
-        raise ParameterError("clip", f"must be a sinddm.clip.ClipSpec, a model name or None, got {clip!r}")
+        raise ParameterError("clip", f"must be a sinddm.edits.clip.ClipSpec, a model name or None, got {clip!r}")
     spec = clip if isinstance(clip, ClipSpec) else ClipSpec() if clip is None else ClipSpec(model=clip)
     views = C.choice("clip_views", DEFAULT_VIEW_MODE if clip_views is None else clip_views, VIEW_MODES)
     resolve_clip(spec)
@@ -39,7 +39,7 @@ def _run(model, fn, c: dict, progress, **kwargs):
 def prepare_text_content(model, text, num=1, scale_hw=None, size=None, start_t=None, guide_from=1,
                          strength=0.3, fill_factor=0.3, momentum=0.2, seed=0, generator=None, clip=None,
                          clip_views=None, batch_size=None, tile=None, progress=False) -> Prepared:
-    from .text_edits import text_content
+    from .edits.text import text_content
 
     prompt, c = C.text(text), _common(model, num, seed, generator, batch_size, tile)
     sizes, ts = _sizes(model, scale_hw, size), C.start_t(start_t, model.loaded.start_t)
@@ -53,7 +53,7 @@ def prepare_text_content(model, text, num=1, scale_hw=None, size=None, start_t=N
 def prepare_text_style(model, text, num=1, scale_hw=None, size=None, start_t=None, strength=0.3,
                        fill_factor=1.0, momentum=0.05, seed=0, generator=None, clip=None, clip_views=None,
                        batch_size=None, tile=None, progress=False) -> Prepared:
-    from .text_edits import text_style
+    from .edits.text import text_style
 
     prompt, c = C.text(text), _common(model, num, seed, generator, batch_size, tile)
     sizes, ts = _sizes(model, scale_hw, size), C.start_t(start_t, model.loaded.start_t)
@@ -65,7 +65,7 @@ def prepare_text_style(model, text, num=1, scale_hw=None, size=None, start_t=Non
 def prepare_text_style_transfer(model, text, num=1, start_t=None, strength=0.3, fill_factor=1.0, momentum=0.05,
                                 seed=0, generator=None, clip=None, clip_views=None, batch_size=None, tile=None,
                                 progress=False) -> Prepared:
-    from .text_edits import text_style_transfer
+    from .edits.text import text_style_transfer
 
     prompt, c = C.text(text), _common(model, num, seed, generator, batch_size, tile)
     _finest_scales(model, "text_style_transfer")
@@ -78,7 +78,7 @@ def prepare_text_style_transfer(model, text, num=1, start_t=None, strength=0.3, 
 def region_of_mask(mask, size_hw: tuple[int, int]):
     """(bounding box, 1×1×H×W 0/1 region) of a mask picture at the finest scale, read as harmonize
     reads its mask (`masks.mask_channel`: resized with LANCZOS, every pixel whose first channel is not 0)."""
-    from .masks import mask_channel
+    from .edits.masks import mask_channel
 
     picture = C.picture(mask, "mask")
     if not mask_channel(picture, (picture.height, picture.width)).any():
@@ -95,8 +95,8 @@ def region_of_mask(mask, size_hw: tuple[int, int]):
 def prepare_text_roi(model, text, box=None, mask=None, num=1, iterations=100, step_size=0.1, seed=0,
                      generator=None, clip=None, clip_views=None, batch_size=None, tile=None,
                      progress=False) -> Prepared:
-    from .regions import box_outside
-    from .text_edits import text_roi
+    from .edits.regions import box_outside
+    from .edits.text import text_roi
 
     prompt, c = C.text(text), _common(model, num, seed, generator, batch_size, tile)
     if (box is None) == (mask is None):

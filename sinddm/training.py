@@ -31,8 +31,8 @@ from .devices import resolve_precision
 from .errors import TrainingStopped, UserError
 from .fast import (FastNet, FastOptions, StaticTrainStep, compile_module, ema_update, prepare_backends,
                    retarget_adam)
-from .fast_cpu import keep_freed_memory, use_fast_depthwise
-from .fast_cpu_train import cpu_training_net
+from .fast.cpu import keep_freed_memory, use_fast_depthwise
+from .fast.cpu_train import cpu_training_net
 from .hybrid import network_scales
 from .model import Denoiser
 from .numeric_guard import NonFiniteGuard, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: part of this module's API)
@@ -96,7 +96,7 @@ class Trainer(NonFiniteGuard):
 
     precision 'fast' runs the network with channels_last and bf16 autocast (on a CPU only
     where bf16 is native), fused Adam, CUDA graphs on CUDA, and on a CPU the network as one
-    Function with the fast depthwise gradient (`sinddm.fast`, `sinddm.fast_cpu_train`);
+    Function with the fast depthwise gradient (`sinddm.fast`, `sinddm.fast.cpu_train`);
     weights, Adam and the EMA stay fp32. `compile`
     and `cuda_graphs` override the SINDDM_COMPILE / SINDDM_CUDA_GRAPHS environment switches.
     `fast_options` forces the fast machinery with the given features on any device (tests).

@@ -12,7 +12,7 @@ from sinddm.app import commands as C
 from sinddm.app.jobs import Studio, mask_from_layers, read_upload
 from sinddm.cli import build_parser, main
 from sinddm.errors import UserError
-from sinddm.regions import Box
+from sinddm.edits.regions import Box
 
 MODEL = Path(__file__).resolve().parent.parent / "assets" / "models" / "hubble-small.safetensors"
 
@@ -120,7 +120,7 @@ def test_a_non_image_upload_is_one_line_naming_the_file_not_the_server_path(tmp_
 
 
 def test_text_panels_without_clip_weights_say_so_and_write_nothing(studio, tmp_path, monkeypatch):
-    import sinddm.clip as clip
+    import sinddm.edits.clip as clip
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv(clip.CACHE_ENV, str(tmp_path / "empty-cache"))

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from sinddm import clip as C
-from sinddm import clip_views as V
-from sinddm import guidance as G
+from sinddm.edits import clip as C
+from sinddm.edits import clip_views as V
+from sinddm.edits import guidance as G
 from sinddm.cli import main
 from sinddm.errors import UserError
 

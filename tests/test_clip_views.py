@@ -1,11 +1,11 @@
-"""CLIP views (sinddm.clip_views): crop geometry, rotation in pixels, the modes' sizes, bf16."""
+"""CLIP views (sinddm.edits.clip_views): crop geometry, rotation in pixels, the modes' sizes, bf16."""
 
 import pytest
 import torch
 
-from sinddm import clip as C
-from sinddm import clip_views as V
-from sinddm import guidance as G
+from sinddm.edits import clip as C
+from sinddm.edits import clip_views as V
+from sinddm.edits import guidance as G
 
 from .conftest import GOLDEN
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
-from sinddm.editing import harmonize, match_histograms, prepare_content, resize_like_training
-from sinddm.masks import (MASK_BLUR_SIGMA, MASK_DILATE_RADIUS, dilate, gaussian_blur, harmonization_mask,
+from sinddm.edits.image import harmonize, match_histograms, prepare_content, resize_like_training
+from sinddm.edits.masks import (MASK_BLUR_SIGMA, MASK_DILATE_RADIUS, dilate, gaussian_blur, harmonization_mask,
                           mask_channel)
-from sinddm.regions import Box, box_outside, parse_box, roi_copy_hook, roi_hooks, scale_box
+from sinddm.edits.regions import Box, box_outside, parse_box, roi_copy_hook, roi_hooks, scale_box
 from sinddm.image_io import load_rgb, to_tensor
 from sinddm.pyramid import sample_sizes
 from sinddm.samplers import sample_pyramid
@@ -496,7 +496,9 @@ def test_image_edit_modes_start_where_design_says():
     says otherwise; the CLI's defaults, the API's and the library's are the same numbers."""
     import inspect
 
-    from sinddm import SinDDM, checks, editing
+    from sinddm import SinDDM, checks
+
+    from sinddm.edits import image as editing
     from sinddm.cli import build_parser
 
     parser = build_parser()

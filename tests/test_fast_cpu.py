@@ -1,4 +1,4 @@
-"""The CPU fast path (sinddm.fast_cpu and its wiring): the depthwise convolution's fast
+"""The CPU fast path (sinddm.fast.cpu and its wiring): the depthwise convolution's fast
 gradient, native-bf16 detection, the trainer and sampler on the CPU fast path, and how
 close they stay to the exact fp32 path. Speed is measured by benchmarks/speed.py."""
 
@@ -15,11 +15,11 @@ from PIL import Image
 from torch import nn
 
 import sinddm.fast as fast_module
-import sinddm.fast_cpu as fast_cpu_module
+import sinddm.fast.cpu as fast_cpu_module
 from sinddm.checkpoint import LoadedModel, load_model
 from sinddm.config import config_from_dict
 from sinddm.fast import FastOptions, inference_net
-from sinddm.fast_cpu import (ENV_BF16, ENV_MALLOC, FastDepthwiseConv2d, FusedDenoiser, _block, cpu_bf16_native, fused_denoiser,
+from sinddm.fast.cpu import (ENV_BF16, ENV_MALLOC, FastDepthwiseConv2d, FusedDenoiser, _block, cpu_bf16_native, fused_denoiser,
                              keep_freed_memory, use_fast_depthwise)
 from sinddm.model import Denoiser
 from sinddm.pipeline import generate
@@ -137,7 +137,7 @@ def test_bf16_detection_and_override(monkeypatch):
 
 _FAULTS = """
 import resource, torch
-from sinddm.fast_cpu import keep_freed_memory
+from sinddm.fast.cpu import keep_freed_memory
 from sinddm.model import Denoiser
 from sinddm.samplers import sample_pyramid
 from sinddm.schedule import Schedule

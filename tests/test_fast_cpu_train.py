@@ -1,4 +1,4 @@
-"""The CPU fast path's training network (sinddm.fast_cpu_train): the same network, outputs and
+"""The CPU fast path's training network (sinddm.fast.cpu_train): the same network, outputs and
 gradients, as the plain Denoiser: to float32 precision in fp32, within the fast path's stated
 tolerance in bf16. Speed is measured by benchmarks/cpu_levers.py and benchmarks/speed.py."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from sinddm.fast_cpu import add_channel_bias_, fused_conv_ops, use_fast_depthwise
-from sinddm.fast_cpu_train import CpuTrainingNet, channel_sums, cpu_training_net
+from sinddm.fast.cpu import add_channel_bias_, fused_conv_ops, use_fast_depthwise
+from sinddm.fast.cpu_train import CpuTrainingNet, channel_sums, cpu_training_net
 from sinddm.model import Denoiser
 
 NET_REL_L2 = 2e-2  # the fast path's stated tolerance on network outputs (tests/test_fast_cpu.py)

@@ -1,4 +1,4 @@
-"""Text guidance (sinddm.guidance, sinddm.cli.edit_text) on a tiny random CLIP and a smoke model.
+"""Text guidance (sinddm.edits.guidance, sinddm.cli.edit_text) on a tiny random CLIP and a smoke model.
 
 The CLIP is `tests/data/tiny-clip.json` (1 layer per tower, 32 px input) with random weights
 saved by a fixture; nothing here may touch the network (a fixture makes sockets fail).
@@ -12,8 +12,8 @@ import torch
 import yaml
 from PIL import Image
 
-from sinddm import clip as C
-from sinddm import guidance as G
+from sinddm.edits import clip as C
+from sinddm.edits import guidance as G
 from sinddm.checkpoint import load_model
 from sinddm.cli import main
 from sinddm.errors import UserError
@@ -277,7 +277,7 @@ def test_cli_modes_use_the_design_defaults(smoke_run, loaded, clip, clip_args, t
     only), text-style-transfer (training level N-2 injected, the finest scale sampled) and
     text-roi (100 steps of 0.1 on the low-quality templates, then the finest scale from t = 3)."""
     import sinddm.samplers as S
-    import sinddm.text_edits as T
+    import sinddm.edits.text as T
 
     seen = []
     real_guide, real_score_grad = T.make_guide, G.TextGuide.score_grad

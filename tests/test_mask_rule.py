@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sinddm.masks import mask_channel
+from sinddm.edits.masks import mask_channel
 from sinddm.prepared_text import region_of_mask as _mask_region
 from sinddm.errors import UserError
 from sinddm.image_io import load_rgb

@@ -10,11 +10,11 @@ import torch
 
 from sinddm.checkpoint import LoadedModel
 from sinddm.config import Config
-from sinddm.editing import match_histograms, roi_generate
-from sinddm.masks import harmonization_mask
+from sinddm.edits.image import match_histograms, roi_generate
+from sinddm.edits.masks import harmonization_mask
 from sinddm.image_io import load_rgb
 from sinddm.pyramid import build_pyramid
-from sinddm.regions import Box, roi_hooks
+from sinddm.edits.regions import Box, roi_hooks
 from sinddm.samplers import default_noise_sampler, sample_blended, sample_ddpm, sample_pyramid, upsample
 from sinddm.schedule import Schedule
 

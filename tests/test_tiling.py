@@ -15,14 +15,14 @@ from PIL import Image
 from torch import nn
 
 from sinddm import SinDDM
-from sinddm import guidance as G
+from sinddm.edits import guidance as G
 from sinddm.checkpoint import LoadedModel
 from sinddm.config import config_from_dict
-from sinddm.editing import harmonize, roi_generate
+from sinddm.edits.image import harmonize, roi_generate
 from sinddm.model import Denoiser
 from sinddm.pipeline import generate
 from sinddm.pyramid import build_pyramid, sample_sizes
-from sinddm.regions import Box
+from sinddm.edits.regions import Box
 from sinddm.samplers import upsample
 from sinddm import tiling
 from sinddm.tiling import (TiledDenoiser, probe_radius, receptive_radius, seam_z, spans, tiled_loaded,
@@ -248,7 +248,7 @@ def test_guided_sampling_tiled_equals_untiled(loaded, tmp_path):
     """Text guidance with the tiny random CLIP (tests/data/tiny-clip.json): hooks on the whole image."""
     import open_clip
 
-    from sinddm import clip as C
+    from sinddm.edits import clip as C
 
     tiny = GOLDEN.parent / "data" / "tiny-clip.json"
     open_clip.add_model_config(tiny)

@@ -11,7 +11,7 @@ import shlex
 from typing import Sequence
 
 from ..errors import UserError
-from ..regions import Box, parse_box
+from ..edits.regions import Box, parse_box
 
 
 def q(value) -> str:

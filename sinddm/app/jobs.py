@@ -178,7 +178,7 @@ class Studio:
     def _clip(self):
         if not self.clip_checkpoint:
             return None
-        from ..clip import ClipSpec
+        from ..edits.clip import ClipSpec
 
         return ClipSpec(checkpoint=str(self.clip_checkpoint))
 

@@ -4,7 +4,7 @@ bad input exits with code 2 and one line that names the input and what to do.
   common   the parser class, argument types, shared option groups, output folders and files
   train    inspect, train, convert-reference      (sinddm.runs)
   sample   sample                                 (sinddm.pipeline)
-  edit     edit MODE: edit_image, edit_text        (sinddm.editing, sinddm.text_edits)
+  edit     edit MODE: edit_image, edit_text        (sinddm.edits.image, sinddm.edits.text)
   jobs     run JOBS.yaml
   eval     eval, eval-suite, eval-compare          (sinddm.eval)
   app      app: the studio web page                (sinddm.app, optional extra sinddm[app])

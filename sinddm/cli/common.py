@@ -78,7 +78,7 @@ def factor_arg(v: str) -> float:
 
 def box_arg(value: str):
     """argparse type for a box `y,x,h,w` in finest-scale pixels (see regions.parse_box)."""
-    from ..regions import parse_box
+    from ..edits.regions import parse_box
 
     try:
         return parse_box(value)

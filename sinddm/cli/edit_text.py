@@ -6,7 +6,7 @@
   text-style-transfer  the training image restyled: injected as the result of scale N-2
 
 Every mode takes --clip-model / --clip-pretrained / --clip-checkpoint / --clip-views (see
-`sinddm.guidance`, `sinddm.clip_views`).
+`sinddm.edits.guidance`, `sinddm.edits.clip_views`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def _iterations(v: str) -> int:
 
 
 def _add_clip_arguments(p: argparse.ArgumentParser) -> None:
-    from ..clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
-    from ..clip_views import DEFAULT_VIEW_MODE, VIEW_MODES
+    from ..edits.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+    from ..edits.clip_views import DEFAULT_VIEW_MODE, VIEW_MODES
 
     p.add_argument("--text", required=True, help="the text prompt")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="NAME",
@@ -62,7 +62,7 @@ def _add_start_t(p) -> None:
 
 
 def _clip_arguments(args) -> dict:
-    from ..clip import ClipSpec
+    from ..edits.clip import ClipSpec
 
     return dict(clip=ClipSpec.from_args(args), clip_views=args.clip_views)
 

@@ -1,7 +1,7 @@
 """The fast path ('--precision fast', the default): bf16 autocast and channels_last; on CUDA
 also CUDA graphs, fused Adam and a sync-free EMA; on an x86 CPU bf16 only where it is
-native, the training network as one Function (`sinddm.fast_cpu_train`), a faster depthwise
-weight gradient and fused sampling convolutions (`sinddm.fast_cpu`); torch.compile opt-in.
+native, the training network as one Function (`sinddm.fast.cpu_train`), a faster depthwise
+weight gradient and fused sampling convolutions (`sinddm.fast.cpu`); torch.compile opt-in.
 
 Only the network runs in bf16: noise-schedule and sampler arithmetic stay float32 and
 the network's output is cast back to float32 before it is used. The CUDA-only parts
@@ -35,9 +35,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .fast_cpu import cpu_bf16_native, cpu_channels_last_pays, fused_denoiser  # tests patch the first two here
-from .samplers import (PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_scale_from_noise)
-from .schedule import Schedule
+from .cpu import cpu_bf16_native, cpu_channels_last_pays, fused_denoiser  # tests patch the first two here
+from ..samplers import (PyramidNoise, draw_pyramid_noise, sample_pyramid, sample_scale_from_noise)
+from ..schedule import Schedule
 
 ENV_COMPILE = "SINDDM_COMPILE"        # 1: torch.compile the network (opt-in; slow first steps)
 ENV_GRAPHS = "SINDDM_CUDA_GRAPHS"     # 0: no CUDA graphs (eager bf16), for debugging
@@ -59,7 +59,7 @@ class FastOptions:
     graphs: bool = True          # CUDA graphs
     compile: bool = False        # torch.compile(dynamic=False): one graph per input shape
     cpu_kernels: bool = False    # CPU training: fast_cpu's depthwise weight gradient, fused Adam
-    cpu_net: bool = True         # with cpu_kernels: the network as one Function (sinddm.fast_cpu_train)
+    cpu_net: bool = True         # with cpu_kernels: the network as one Function (sinddm.fast.cpu_train)
 
     @property
     def active(self) -> bool:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .clip_views import patch_embed_as_matmul
-from .errors import UserError
+from ..errors import UserError
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "openai"

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .devices import auto_batch_size
-from .pipeline import make_generator, progress_bar, seeded_batches
-from .pyramid import Pyramid, working_size
+from ..devices import auto_batch_size
+from ..pipeline import make_generator, progress_bar, seeded_batches
+from ..pyramid import Pyramid, working_size
 from .regions import ROI_WEIGHT, Box, roi_hooks
-from .checks import HARMONIZE_NOISE_LEVEL, STYLE_TRANSFER_NOISE_LEVEL
-from .samplers import denoise_at_scale, sample_pyramid
+from ..checks import HARMONIZE_NOISE_LEVEL, STYLE_TRANSFER_NOISE_LEVEL
+from ..samplers import denoise_at_scale, sample_pyramid
 
 
 

@@ -238,7 +238,7 @@ class FusedDenoiser(nn.Module):
 
     def _biases(self, t: torch.Tensor, scale: torch.Tensor) -> list[torch.Tensor]:
         """Each block's conditioning bias, (B, C_in), float32."""
-        from .model import sinusoidal_embedding
+        from ..model import sinusoidal_embedding
 
         layers = self.cond_layers
         with torch.autocast(t.device.type, enabled=False):
@@ -285,7 +285,7 @@ def fused_denoiser(net: nn.Module, dtype: torch.dtype, cond_from: nn.Module | No
     """A `FusedDenoiser` over `net` (a channels_last Denoiser whose weights are `dtype`; the
     conditioning from `cond_from`'s fp32 weights, default `net`'s), or None where this torch
     lacks the fused ops or `net` is not shaped as expected."""
-    from .model import ConvBlock, Denoiser
+    from ..model import ConvBlock, Denoiser
 
     if fused_conv_ops() is None or type(net) is not Denoiser or not all(type(b) is ConvBlock for b in net.blocks):
         return None

@@ -12,8 +12,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from .pyramid import Pyramid
-from .samplers import X0Hook
+from ..pyramid import Pyramid
+from ..samplers import X0Hook
 
 ROI_WEIGHT = 0.8              # x̂0[target] ← 0.8 · source + 0.2 · x̂0[target] (method §7.3)
 

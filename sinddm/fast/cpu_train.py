@@ -12,7 +12,7 @@ below what the hardware does (2 cores, configs/cpu.yaml's sizes; docs/cpu-fast-p
 Here the image path (depthwise convolution + conditioning bias, conv-GELU-conv, the residual,
 the output convolution) runs as one Function whose backward is written out: the same oneDNN
 convolutions, the bias added and summed over rows, GELU on NHWC views, the second convolution
-and the residual as one oneDNN call (as in sampling, `sinddm.fast_cpu.FusedDenoiser`), and no
+and the residual as one oneDNN call (as in sampling, `sinddm.fast.cpu.FusedDenoiser`), and no
 gradient for the network's input. The conditioning MLP (a few hundred values) stays in
 ordinary autograd, in fp32.
 
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_cpu import add_channel_bias_, depthwise_input_grad, depthwise_weight_grad, fused_conv_ops, nhwc
-from .model import ConvBlock, Denoiser, sinusoidal_embedding
+from .cpu import add_channel_bias_, depthwise_input_grad, depthwise_weight_grad, fused_conv_ops, nhwc
+from ..model import ConvBlock, Denoiser, sinusoidal_embedding
 
 CL = torch.channels_last
 # Per block, the tensors `_ImagePath` takes: the conditioning bias (B, C_in), then these

@@ -16,12 +16,13 @@ from typing import Sequence
 
 import torch
 
-from . import guidance, samplers
+from . import guidance
+from .. import samplers
 from .clip import ClipSpec
 from .clip_views import DEFAULT_VIEW_MODE
-from .devices import auto_batch_size, resolve_precision
+from ..devices import auto_batch_size, resolve_precision
 from .guidance import STYLE_SUFFIX, GuidanceParams
-from .pipeline import make_generator, progress_bar, seeded_batches
+from ..pipeline import make_generator, progress_bar, seeded_batches
 
 TEXT_BATCH_CAP = 16       # 16 samples × 16 views = 256 CLIP images per guided step
 ROI_DENOISE_T = 3         # text-roi denoises the finest scale from t = 3 (method §6.7)

@@ -1,8 +1,8 @@
 """Text guidance with CLIP (method §6, supplement E): templates, loss, the fill-factor mask, guided loops.
 
-The CLIP model itself comes from `sinddm.clip.load_clip`. Pieces, each usable on its own:
+The CLIP model itself comes from `sinddm.edits.clip.load_clip`. Pieces, each usable on its own:
 
-- `ViewAugmenter` (in `sinddm.clip_views`): 16 augmented views per image as batched,
+- `ViewAugmenter` (in `sinddm.edits.clip_views`): 16 augmented views per image as batched,
   differentiable tensor ops.
 - `TextGuide`: text embeddings of the prompt in the 14 high-quality and 26 low-quality
   templates, the loss 1.2·(1 − mean cosine similarity) over a random template subset, and its
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from .clip import LoadedClip
 from .clip_views import DEFAULT_VIEW_MODE, N_VIEWS, VIEW_MODES, ViewAugmenter, accepts_any_size, encode_views
-from .errors import UserError
-from .samplers import ddpm_step, q_sample, upsample
+from ..errors import UserError
+from ..samplers import ddpm_step, q_sample, upsample
 
 # -- constants ---------------------------------------------------------------------------------
 
@@ -62,7 +62,7 @@ class TextGuide:
     `score = -loss`, `loss = 1.2·(1 − mean cosine similarity)` between the image's views and a
     random subset of the prompt's template embeddings (subset size uniform in 1..n, drawn with
     replacement; drawn per sample so that results do not depend on the batch composition).
-    `views`: 'reference', 'aspect' or 'square' (`sinddm.clip_views`). `deterministic`: view 0
+    `views`: 'reference', 'aspect' or 'square' (`sinddm.edits.clip_views`). `deterministic`: view 0
     alone and every template, the part of the score the reference record pins (no randomness).
     """
 
