@@ -146,7 +146,14 @@ class SinDDM:
         return cls.load(run, device, precision)
 
     def to(self, device: str | torch.device) -> "SinDDM":
-        """Move the model to `device` ('cpu', 'cuda', ...); returns the model itself."""
+        """Move the model to another device.
+
+        Args:
+            device: 'auto', 'cpu', 'cuda' or 'cuda:N', or a torch.device.
+
+        Returns:
+            The model itself, now on `device`.
+        """
         self.device = _device(device)
         self.loaded.model.to(self.device)
         return self
@@ -187,7 +194,14 @@ class SinDDM:
         return _sizes(self, scale_hw, size, start_level)
 
     def tiled(self, tile: int | None):
-        """The model run on `tile`-px tiles (the same numbers, bounded memory); itself for None."""
+        """The loaded model with its denoiser run on tiles (the same numbers in bounded memory).
+
+        Args:
+            tile: the tiles' core size in px, or None for whole pictures.
+
+        Returns:
+            A `LoadedModel` view whose denoiser is tiled (the model itself for None).
+        """
         from .tiling import tiled_loaded
 
         return tiled_loaded(self.loaded, C.optional_whole("tile", tile, 1))
@@ -195,6 +209,10 @@ class SinDDM:
     # -- every operation -----------------------------------------------------------------------
     def prepare(self, name: str, **arguments) -> Prepared:
         """Check a call of the method `name` with `arguments` without running it.
+
+        Args:
+            name: the method, e.g. 'sample' or 'roi_copy'.
+            **arguments: its keyword arguments (all but `output`).
 
         Returns:
             A `sinddm.prepared.Prepared`; its `run()` returns the pictures as 3×H×W tensors.
@@ -262,7 +280,13 @@ class SinDDM:
         Args:
             composite: the pasted picture (resized like the training picture).
             mask: a picture of the composite's size, white where the pasted object is.
-            num, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            num: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
             noise_level: the timestep the composite is noised to, 1..99 (higher: stronger blending).
 
         Returns:
@@ -281,7 +305,13 @@ class SinDDM:
         Args:
             content: the content picture (any size; resized like the training picture).
             noise_level: the timestep it is noised to, 1..99 (higher: more texture, less content).
-            num, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            num: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
 
         Returns:
             `num` pictures at the content's working size.
@@ -301,7 +331,16 @@ class SinDDM:
         Args:
             source: a box (y, x, h, w) of the training picture's finest scale.
             targets: boxes of the output, in its finest pixels.
-            num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            num: as in `sample`.
+            scale_hw: as in `sample`.
+            size: as in `sample`.
+            start_t: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
 
         Returns:
             `num` pictures.
@@ -326,7 +365,16 @@ class SinDDM:
             momentum: λ in [0, 1], keeping the previous guided estimate inside the mask.
             clip: a `sinddm.edits.clip.ClipSpec` or an open_clip model name (default ViT-B/32, OpenAI weights).
             clip_views: how CLIP sees x̂0: 'reference', 'aspect' or 'square'.
-            num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            num: as in `sample`.
+            scale_hw: as in `sample`.
+            size: as in `sample`.
+            start_t: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
 
         Returns:
             `num` pictures.
@@ -344,8 +392,21 @@ class SinDDM:
 
         Args:
             text: the style, e.g. 'Van Gogh'.
-            strength, fill_factor, momentum, clip, clip_views: as in `text_content`.
-            num, scale_hw, size, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            strength: as in `text_content`.
+            fill_factor: as in `text_content`.
+            momentum: as in `text_content`.
+            clip: as in `text_content`.
+            clip_views: as in `text_content`.
+            num: as in `sample`.
+            scale_hw: as in `sample`.
+            size: as in `sample`.
+            start_t: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
 
         Returns:
             `num` pictures.
@@ -363,8 +424,19 @@ class SinDDM:
 
         Args:
             text: the style.
-            strength, fill_factor, momentum, clip, clip_views: as in `text_content`.
-            num, start_t, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            strength: as in `text_content`.
+            fill_factor: as in `text_content`.
+            momentum: as in `text_content`.
+            clip: as in `text_content`.
+            clip_views: as in `text_content`.
+            num: as in `sample`.
+            start_t: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
 
         Returns:
             `num` pictures at the training size.
@@ -386,8 +458,15 @@ class SinDDM:
             mask: the region as a picture, white inside (resized to the finest scale).
             iterations: CLIP steps on the region (>= 0).
             step_size: each step's size relative to the region's norm, in [0, 1].
-            clip, clip_views: as in `text_content`.
-            num, seed, generator, batch_size, tile, progress, output: as in `sample`.
+            clip: as in `text_content`.
+            clip_views: as in `text_content`.
+            num: as in `sample`.
+            seed: as in `sample`.
+            generator: as in `sample`.
+            batch_size: as in `sample`.
+            tile: as in `sample`.
+            progress: as in `sample`.
+            output: as in `sample`.
 
         Returns:
             `num` pictures at the training size.
