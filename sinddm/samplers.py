@@ -148,7 +148,7 @@ def _wrap_linear(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
 @torch.no_grad()
 def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: list[tuple[int, int]],
                    start_t: list[int], batch: int, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu", x0_hook: X0Hook = None,
+                   device: torch.device | str = "cpu",
                    progress=None, schedule0: Schedule | None = None,
                    hooks: Sequence[X0Hook] | None = None, hook_before_clamp: bool = False,
                    wrap: bool = False) -> list[torch.Tensor]:
@@ -156,13 +156,13 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
     `schedule0` is scale 0's schedule if not `schedule`: a respaced one takes fewer steps.
-    `hooks[s]` (None for none) is scale s's x̂0 hook; without `hooks`, `x0_hook` serves every scale.
+    `hooks[s]` (None for none) is scale s's x̂0 hook.
     `hook_before_clamp`: scale 0's hook edits the raw x̂0 and the clamp follows (`ddpm_step`).
     The finer scales make the reference's discarded per-step draws (`sample_blended`'s `step_noise`).
     `wrap`: up-sample on a torus (seamless textures; the model then pads circularly, see `tiling`).
     """
     if hooks is None:
-        hooks = [x0_hook] * len(sizes_hw)
+        hooks = [None] * len(sizes_hw)
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
     x = sample_ddpm(model, schedule0 or schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],

@@ -500,5 +500,5 @@ def test_api_text_modes_equal_the_cli(smoke_run, clip_ckpt, tmp_path):
         prefix = mode.replace("-", "_")
         np.testing.assert_array_equal(np.asarray(api()[0]), read_png(tmp_path / mode / f"{prefix}_000.png"),
                                       err_msg=mode)
-    with pytest.raises(UserError, match="prompt"):
+    with pytest.raises(UserError, match="^text: empty"):
         model.text_style("  ", clip=spec)

@@ -12,6 +12,7 @@ import traceback
 
 from PIL import Image, ImageDraw
 
+from ..checks import HARMONIZE_NOISE_LEVEL, STYLE_TRANSFER_NOISE_LEVEL
 from ..errors import UserError
 from . import commands as C
 from .jobs import Result, Studio
@@ -158,7 +159,7 @@ def build(studio: Studio):
                 editor = gr.ImageEditor(label="paint the mask", type="pil", sources=(), transforms=(),
                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
                                         layers=False, elem_id="harmonize-editor")
-                t_h = gr.Slider(1, 99, value=5, step=1, label="noise level (higher: stronger blending)")
+                t_h = gr.Slider(1, 99, value=HARMONIZE_NOISE_LEVEL, step=1, label="noise level (higher: stronger blending)")
                 n_h, seed_h = count_seed("harmonize", count=3)
                 run_h = gr.Button("Harmonize", variant="primary", elem_id="harmonize-run")
                 outs_h = outputs("harmonize")
@@ -183,7 +184,7 @@ def build(studio: Studio):
                 gr.Markdown("**From a picture**: its layout with the training image's colours and textures.")
                 content = gr.File(label="content picture (PNG or JPEG)", type="filepath", elem_id="style-content")
                 preview = gr.Image(label="content", type="pil", interactive=False, height=160, elem_id="style-preview")
-                t_s = gr.Slider(1, 99, value=15, step=1, label="noise level (higher: more of the model's texture)")
+                t_s = gr.Slider(1, 99, value=STYLE_TRANSFER_NOISE_LEVEL, step=1, label="noise level (higher: more of the model's texture)")
                 n_s, seed_s = count_seed("style", count=3)
                 run_s = gr.Button("Style transfer", variant="primary", elem_id="style-run")
                 outs_s = outputs("style")
