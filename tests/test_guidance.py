@@ -493,12 +493,19 @@ def test_api_text_modes_equal_the_cli(smoke_run, clip_ckpt, tmp_path):
         ("text-style", FAST_T, lambda: model.text_style("a castle", start_t=START_T, seed=3, clip=spec)),
         ("text-roi", ["--box", "10,20,30,40", "--iterations", 3],
          lambda: model.text_roi("a castle", box=(10, 20, 30, 40), iterations=3, seed=3, clip=spec)),
+        ("text-roi", ["--mask", tmp_path / "region.png", "--iterations", 2, "--step-size", 0.3],
+         lambda: model.text_roi("a castle", mask=tmp_path / "region.png", iterations=2, step_size=0.3, seed=3,
+                                clip=spec)),
     ]
+    h, w = model.size
+    region = np.zeros((h, w), np.uint8)
+    region[12:40, 25:61] = 255   # its bounding box's last row and column count (the box is 28x36)
+    Image.fromarray(region).save(tmp_path / "region.png")
     for mode, extra, api in cases:
-        argv = ["edit", smoke_run, mode, "--text", "a castle", *extra, "--out", tmp_path / mode, *common]
+        out = tmp_path / f"{mode}-{len(extra)}"
+        argv = ["edit", smoke_run, mode, "--text", "a castle", *extra, "--out", out, *common]
         assert cli(*argv) == 0
         prefix = mode.replace("-", "_")
-        np.testing.assert_array_equal(np.asarray(api()[0]), read_png(tmp_path / mode / f"{prefix}_000.png"),
-                                      err_msg=mode)
+        np.testing.assert_array_equal(np.asarray(api()[0]), read_png(out / f"{prefix}_000.png"), err_msg=mode)
     with pytest.raises(UserError, match="^text: empty"):
         model.text_style("  ", clip=spec)
