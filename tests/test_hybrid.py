@@ -3,6 +3,8 @@
 picture given where a model goes (`sinddm sample PICTURE`, `SinDDM.from_image`), and every mode,
 tiling and `--tileable` on both kinds. Tiny pictures and few steps: nothing judges quality."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -248,3 +250,19 @@ def test_on_a_torus_the_hybrid_commutes_with_shifts(hybrid_run):
         out = torus(x, t, s, **kw)
         shifted = torus(roll(x), t, s, **({k: roll(v) if k == "blurry" else v for k, v in kw.items()}))
         torch.testing.assert_close(shifted, roll(out), atol=1e-4, rtol=0)
+
+
+def test_the_studio_samples_and_edits_a_picture(tmp_path):
+    """The studio on a picture (training-free): a panel's pictures, and its command writes them."""
+    import shlex
+
+    from sinddm.app.jobs import Studio
+
+    model = SinDDM.from_image(PHOTO, max_pixels=MAX_PIXELS, device="cpu")
+    studio = Studio(model, str(PHOTO), tmp_path / "studio", device_arg="cpu", max_pixels=MAX_PIXELS)
+    r = studio.roi_copy("10,10,16,16", "30,50,16,16", 1, 4)
+    assert r.images[0].size == (86, 57) and f"--max-pixels {MAX_PIXELS}" in r.command
+    argv = shlex.split(r.command)[1:]
+    assert main(argv) == 0
+    out = Path(argv[argv.index("--out") + 1])
+    assert np.array_equal(read_png(out / "roi_copy_000.png"), np.asarray(r.images[0]))

@@ -64,9 +64,10 @@ def _given(**values) -> dict:
 class Studio:
     """The model, the names the commands use, and the output folder every run writes into."""
 
-    def __init__(self, model: SinDDM, model_arg: str, out, device_arg: str = "auto", clip_checkpoint=None):
+    def __init__(self, model: SinDDM, model_arg: str, out, device_arg: str = "auto", clip_checkpoint=None,
+                 max_pixels: int | None = None):
         self.model, self.model_arg, self.device_arg = model, str(model_arg), device_arg
-        self.out, self.clip_checkpoint = Path(out), clip_checkpoint
+        self.out, self.clip_checkpoint, self.max_pixels = Path(out), clip_checkpoint, max_pixels
         self.out.mkdir(parents=True, exist_ok=True)
 
     def finest_image(self) -> Image.Image:
@@ -87,7 +88,11 @@ class Studio:
     def _finish(self, images, folder: Path, prefix: str, command, extra=None) -> Result:
         paths = SinDDM.save_images(images, folder, prefix)
         cli_out = folder.with_name(folder.name + "-cli")
-        return Result(images, [*paths, folder / "grid.png"], command(cli_out), extra)
+        line = command(cli_out)
+        if self.max_pixels is not None:  # a picture as the model, at its own pixel cap
+            model = C.q(self.model_arg)
+            line = line.replace(f" {model} ", f" {model} --max-pixels {self.max_pixels} ", 1)
+        return Result(images, [*paths, folder / "grid.png"], line, extra)
 
     def _call(self, name: str, **arguments) -> list:
         """`SinDDM.<name>`, a refused parameter shown by its field's label on the page."""

@@ -32,15 +32,16 @@ def cmd_app(args) -> int:
         raise UserError(APP_EXTRA_MISSING)
     from pathlib import Path
 
-    from ..api import SinDDM
     from ..app.jobs import Studio
     from ..app.page import serve
+    from .common import open_sinddm
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}': is a file; give a folder")
-    model = SinDDM.load(args.model, device=args.device, precision=args.precision, max_pixels=args.max_pixels)
-    studio = Studio(model, args.model, out, device_arg=args.device, clip_checkpoint=args.clip_checkpoint)
+    model = open_sinddm(args)
+    studio = Studio(model, args.model, out, device_arg=args.device, clip_checkpoint=args.clip_checkpoint,
+                    max_pixels=args.max_pixels)
     print(f"sinddm studio: {model}; results in {out}; http://127.0.0.1:{args.port} (Ctrl-C stops)", flush=True)
     serve(studio, args.port, open_browser=args.open)
     return 0
