@@ -22,7 +22,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,24 +42,6 @@ MODEL_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "checkpoint.pt"
 CHECKPOINT_DIR = "checkpoints"     # history of training checkpoints: step_XXXXXXX.pt
 HISTORY_RE = re.compile(r"step_(\d+)\.pt")
-
-# Test hook: "SECONDS" or "NAME=SECONDS" pauses every (or NAME's) atomic write between
-# writing the temporary file and renaming it, so tests can kill a process mid-save.
-ENV_PAUSE = "SINDDM_TEST_PAUSE_BEFORE_RENAME"
-
-
-def _pause_before_rename(path: Path) -> None:
-    spec = os.environ.get(ENV_PAUSE, "").strip()
-    if not spec:
-        return
-    name, _, seconds = spec.rpartition("=")
-    if name and name != path.name:
-        return
-    try:
-        time.sleep(float(seconds))
-    except ValueError:
-        pass
-
 
 def fsync_dir(folder: Path) -> None:
     """Flush a folder's entries (a rename inside it) to disk; a no-op where folders can't be opened."""
@@ -103,7 +84,6 @@ def atomic_write(path: Path, write) -> None:
             pass
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        _pause_before_rename(path)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
