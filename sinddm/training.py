@@ -127,7 +127,7 @@ class Trainer:
             prepare_backends(device)
         if device.type == "cpu":
             keep_freed_memory()  # every precision: no number changes, page faults go
-        self.out_dir = Path(out_dir)
+        self.checkpoints = CheckpointWriter(out_dir)  # self.out_dir is its folder
         self.seed, self.source = seed, source
         tc = config.train
         torch.manual_seed(seed)
@@ -172,11 +172,19 @@ class Trainer:
                 inner = compile_module(self.model) if self.fast.compile else self.model
                 self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
         self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
-        # The parts, each with its own state and its entries of the checkpoint.
+        # The parts, each with its own state and its entries of the checkpoint (and checkpoints).
         self.guard = NonFiniteGuard(device, fused=bool(self._fused))
         self.loss_log = LossLog(device)
-        self.checkpoints = CheckpointWriter(self.out_dir)
         self.resume_note: str | None = None   # set by resume() when it fell back to an older checkpoint
+
+    @property
+    def out_dir(self) -> Path:
+        """The run folder (the checkpoint writer's)."""
+        return self.checkpoints.out_dir
+
+    @out_dir.setter
+    def out_dir(self, folder: str | Path) -> None:
+        self.checkpoints.out_dir = Path(folder)
 
     # -- one step -------------------------------------------------------------------------
     def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
