@@ -129,32 +129,9 @@ class Trainer:
             keep_freed_memory()  # every precision: no number changes, page faults go
         self.checkpoints = CheckpointWriter(out_dir)  # self.out_dir is its folder
         self.seed, self.source = seed, source
-        tc = config.train
         torch.manual_seed(seed)
-        self.model = Denoiser(config.model.dim).to(device)
-        if self.fast is not None and self.fast.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        # On a CPU the image path as one Function computing in bf16 (or fp32) itself, no autocast;
-        # where it does not apply, the autograd network with the fast depthwise gradient.
-        self._cpu_net = None
-        if self.fast is not None and self.fast.cpu_kernels:
-            if self.fast.cpu_net and not self.fast.compile:
-                self._cpu_net = cpu_training_net(self.model, torch.bfloat16 if self.fast.autocast else torch.float32)
-            if self._cpu_net is None:
-                use_fast_depthwise(self.model)  # same parameters and state-dict keys
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
-        self._ema_count: int | None = None  # host mirror of ema.n_averaged (read once, lazily)
-        # Fused Adam in fast mode (CUDA; a CPU with the fast path's kernels): one multi-tensor
-        # kernel, no host sync on CUDA, a quarter of the for-loop Adam's time on a CPU; learning
-        # rates stay Python floats, so the scheduler and checkpoints are as in fp32 runs.
-        fused = self.fast is not None and (device.type == "cuda" or self.fast.cpu_kernels)
-        self._fused = True if fused else None
-        try:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self._fused)
-        except RuntimeError:  # a torch without fused Adam for this device: the for-loop one
-            self._fused = None
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
-        self.lr_scheduler = MultiStepLR(self.optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
+        self._build_model()
+        self._build_optimizer()
         # Scale choice on a CPU generator (no device sync); t and noise on the device's.
         self.scale_gen = torch.Generator().manual_seed(seed)
         self.noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -163,14 +140,7 @@ class Trainer:
         self.gammas = blend_gammas(self.schedule, pyramid.blur_distance).to(device)
         self.clean = [pyramid.level_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
         self.blurry = [pyramid.blurry_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
-        # The network as the loss sees it: bf16/channels_last/compiled in fast mode.
-        self.net = self.model
-        if self.fast is not None:
-            if self._cpu_net is not None:  # it lays its input out and casts it itself
-                self.net = FastNet(self._cpu_net, autocast=False, channels_last=False)
-            else:
-                inner = compile_module(self.model) if self.fast.compile else self.model
-                self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
+        self.net = self._loss_network()
         self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
         # The parts, each with its own state and its entries of the checkpoint (and checkpoints).
         self.guard = NonFiniteGuard(device, fused=bool(self._fused))
@@ -185,6 +155,47 @@ class Trainer:
     @out_dir.setter
     def out_dir(self, folder: str | Path) -> None:
         self.checkpoints.out_dir = Path(folder)
+
+    def _build_model(self) -> None:
+        """The model (its weights drawn from the seeded global RNG), its fast-path form, its EMA."""
+        self.model = Denoiser(self.config.model.dim).to(self.device)
+        if self.fast is not None and self.fast.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # On a CPU the image path as one Function computing in bf16 (or fp32) itself, no autocast;
+        # where it does not apply, the autograd network with the fast depthwise gradient.
+        self._cpu_net = None
+        if self.fast is not None and self.fast.cpu_kernels:
+            if self.fast.cpu_net and not self.fast.compile:
+                self._cpu_net = cpu_training_net(self.model, torch.bfloat16 if self.fast.autocast else torch.float32)
+            if self._cpu_net is None:
+                use_fast_depthwise(self.model)  # same parameters and state-dict keys
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.train.ema_decay))
+        self._ema_count: int | None = None  # host mirror of ema.n_averaged (read once, lazily)
+
+    def _build_optimizer(self) -> None:
+        """Adam and its learning-rate schedule.
+
+        Fused Adam in fast mode (CUDA; a CPU with the fast path's kernels): one multi-tensor
+        kernel, no host sync on CUDA, a quarter of the for-loop Adam's time on a CPU; learning
+        rates stay Python floats, so the scheduler and checkpoints are as in fp32 runs."""
+        tc = self.config.train
+        fused = self.fast is not None and (self.device.type == "cuda" or self.fast.cpu_kernels)
+        self._fused = True if fused else None
+        try:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self._fused)
+        except RuntimeError:  # a torch without fused Adam for this device: the for-loop one
+            self._fused = None
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self.lr_scheduler = MultiStepLR(self.optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
+
+    def _loss_network(self):
+        """The network as the loss sees it: bf16/channels_last/compiled in fast mode."""
+        if self.fast is None:
+            return self.model
+        if self._cpu_net is not None:  # it lays its input out and casts it itself
+            return FastNet(self._cpu_net, autocast=False, channels_last=False)
+        inner = compile_module(self.model) if self.fast.compile else self.model
+        return FastNet(inner, self.fast.autocast, self.fast.channels_last)
 
     # -- one step -------------------------------------------------------------------------
     def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
