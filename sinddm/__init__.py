@@ -8,7 +8,8 @@ The core, read first:
   pyramid      the multiscale pyramid, blur distances, output sizes            (method §1, §5.4)
   schedule     cosine schedule, start timesteps T[s], blend weights γ            (method §2)
   model        the denoiser ε_θ(x, t, s); knows nothing about schedules         (method §3)
-  training     the training loop (its numeric guard: numeric_guard)            (method §4)
+  training     the training loop (method §4); its parts, each with its own checkpoint entries:
+               numeric_guard (NaN/inf steps), loss_log (loss.csv, loss.png), train_checkpoints
   samplers     pure sampling functions: DDPM, blended finer steps, the pyramid   (method §5)
   pipeline     seeded batches: the one batching loop of sampling and every edit
   tiling       the denoiser on tiles with a receptive-field halo (exact), or on a torus (seamless)

@@ -3,7 +3,8 @@
 A run folder holds `model.safetensors` (EMA weights, the pyramid levels as uint8
 tensors, and JSON metadata: config, pyramid facts, step) for inference, and
 `checkpoint.pt` (optimizer, scheduler, RNG states...) for resuming training, with
-the last `train.keep_checkpoints` training checkpoints kept in `checkpoints/`.
+the last `train.keep_checkpoints` training checkpoints kept in `checkpoints/` (written
+by `sinddm.train_checkpoints`; read, checked and chosen for --resume here).
 
 Crash safety: every file is written to a temporary file in the same folder, flushed
 to disk, renamed over the old one and the folder is flushed too (`atomic_write`), so
@@ -21,7 +22,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,24 +42,6 @@ MODEL_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "checkpoint.pt"
 CHECKPOINT_DIR = "checkpoints"     # history of training checkpoints: step_XXXXXXX.pt
 HISTORY_RE = re.compile(r"step_(\d+)\.pt")
-
-# Test hook: "SECONDS" or "NAME=SECONDS" pauses every (or NAME's) atomic write between
-# writing the temporary file and renaming it, so tests can kill a process mid-save.
-ENV_PAUSE = "SINDDM_TEST_PAUSE_BEFORE_RENAME"
-
-
-def _pause_before_rename(path: Path) -> None:
-    spec = os.environ.get(ENV_PAUSE, "").strip()
-    if not spec:
-        return
-    name, _, seconds = spec.rpartition("=")
-    if name and name != path.name:
-        return
-    try:
-        time.sleep(float(seconds))
-    except ValueError:
-        pass
-
 
 def fsync_dir(folder: Path) -> None:
     """Flush a folder's entries (a rename inside it) to disk; a no-op where folders can't be opened."""
@@ -102,7 +84,6 @@ def atomic_write(path: Path, write) -> None:
             pass
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        _pause_before_rename(path)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -383,26 +364,6 @@ def history_paths(run_dir: Path) -> list[tuple[int, Path]]:
 
 def history_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:07d}.pt"
-
-
-def save_train_state(run_dir: Path, state: dict[str, Any], keep: int) -> None:
-    """Write `checkpoints/step_XXXXXXX.pt` (when keep > 0), then `checkpoint.pt`, then prune the
-    history to the newest `keep` files. Two independent copies (not hard links), so damage to
-    one leaves the other; history files newer than `state` (left by an abandoned, resumed-over
-    attempt) are removed too."""
-    run_dir = Path(run_dir)
-    data = train_state_bytes(state)
-    step = int(state["step"])
-    if keep > 0:
-        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-        atomic_write_bytes(history_path(run_dir, step), data)
-    atomic_write_bytes(run_dir / TRAIN_STATE_FILE, data)
-    kept = 0
-    for s, p in history_paths(run_dir):
-        if s > step or kept >= keep:
-            p.unlink()
-        else:
-            kept += 1
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:

@@ -15,6 +15,8 @@ Saves also refuse non-finite weights, so a checkpoint never holds NaN or inf.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
 from .errors import UserError
@@ -24,46 +26,60 @@ class NonFiniteLoss(UserError):
     """Training stopped: the loss was NaN/inf for train.max_nonfinite_steps steps in a row."""
 
 
-class NonFiniteGuard:
-    """The guard's state and steps, mixed into `training.Trainer` (which provides model, ema,
-    optimizer, config, step and _saved_step)."""
+def read_scalars(tensors: list[torch.Tensor]) -> list[float]:
+    """0-d device tensors as floats, in one host read-back (one sync for all of them)."""
+    return torch.stack(tensors).tolist()
 
-    def _init_guard(self, device: torch.device) -> None:
-        """How a step with a non-finite loss is skipped on this device, and the counters."""
-        self._guard_mode = "host" if device.type == "cpu" else ("found_inf" if self._fused else "zero_grad")
+
+def _kept(saved_step: int | None) -> str:
+    return f"the last checkpoint (step {saved_step}) is intact" if saved_step is not None else "nothing was saved"
+
+
+class NonFiniteGuard:
+    """Skips the optimizer steps whose loss or gradients are not finite, and counts them.
+
+    Its state is its counters (`state_dict`: the checkpoint's "nonfinite" entry); `mode` says
+    how a step is skipped on this device: "host", "found_inf" (fused Adam) or "zero_grad".
+    """
+
+    def __init__(self, device: torch.device, fused: bool):
+        device = torch.device(device)
+        self.mode = "host" if device.type == "cpu" else ("found_inf" if fused else "zero_grad")
         zeros = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
         self._one = torch.ones((), device=device)
-        self._amp_check = True               # torch's fused gradient check works on this device
-        self._bad_run = zeros(torch.long)    # skipped steps in a row, ending at the current step
-        self._bad_max = zeros(torch.long)    # the longest such run since the last check
-        self._bad_total = zeros(torch.long)  # skipped steps in all
-        self._last_ok: torch.Tensor | None = None  # whether the last step was applied (bool tensor)
-        self.skipped_steps = 0               # host copy of _bad_total as of the last check
+        self._amp_check = True              # torch's fused gradient check works on this device
+        self.bad_run = zeros(torch.long)    # skipped steps in a row, ending at the current step
+        self.bad_max = zeros(torch.long)    # the longest such run since the last check
+        self.bad_total = zeros(torch.long)  # skipped steps in all
+        self.last_ok: torch.Tensor | None = None  # whether the last step was applied (bool tensor)
+        self.skipped_steps = 0              # host copy of bad_total as of the last check
 
-    def _guarded_optimizer_step(self, loss: torch.Tensor) -> bool | None:
+    # -- one step ---------------------------------------------------------------------------
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                       parameters: Iterable[torch.Tensor]) -> bool | None:
         """optimizer.step() unless the loss or a gradient is NaN/inf (module docstring).
 
         Returns whether the step was applied where that is known without a device sync
         (the CPU), else None.
         """
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in parameters if p.grad is not None]
         found_inf = self._nonfinite_flag(loss, grads)
         skip = found_inf > 0
-        self._last_ok = ~skip
-        self._bad_run.add_(1).mul_(skip)
-        torch.maximum(self._bad_max, self._bad_run, out=self._bad_max)
-        self._bad_total.add_(skip)
-        if self._guard_mode == "host":
+        self.last_ok = ~skip
+        self.bad_run.add_(1).mul_(skip)
+        torch.maximum(self.bad_max, self.bad_run, out=self.bad_max)
+        self.bad_total.add_(skip)
+        if self.mode == "host":
             if bool(skip):
                 return False
-            self.optimizer.step()
+            optimizer.step()
             return True
-        if self._guard_mode == "found_inf":  # fused Adam skips the update and the step count
-            self.optimizer.found_inf = found_inf
+        if self.mode == "found_inf":  # fused Adam skips the update and the step count
+            optimizer.found_inf = found_inf
         else:
             for g in grads:
                 g.masked_fill_(skip, 0.0)
-        self.optimizer.step()
+        optimizer.step()
         return None
 
     def _nonfinite_flag(self, loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
@@ -82,31 +98,45 @@ class NonFiniteGuard:
             found_inf = torch.maximum(found_inf, bad.float())
         return found_inf
 
-    def _read_counters(self) -> tuple[float, int, int, int]:
-        """(window loss sum, applied steps in the window, longest skipped run, skipped in all):
-        one host read-back."""
-        vals = torch.stack([self._win_sum, self._win_ok.float(), self._bad_max.float(),
-                            self._bad_total.float()]).tolist()
-        return vals[0], int(vals[1]), int(vals[2]), int(vals[3])
+    # -- the checks -------------------------------------------------------------------------
+    def counters(self) -> list[torch.Tensor]:
+        """(longest skipped run since the last check, skipped in all) as float device scalars,
+        to read back together with other counters (`read_scalars`) and pass to `check`."""
+        return [self.bad_max.float(), self.bad_total.float()]
 
-    def _check_nonfinite(self, counters: tuple[float, int, int, int] | None = None) -> None:
-        """Stop (NonFiniteLoss) after train.max_nonfinite_steps skipped steps in a row."""
-        _, _, worst, total = counters or self._read_counters()
+    def check(self, limit: int, step: int, saved_step: int | None, read: list[float] | None = None) -> None:
+        """Stop (NonFiniteLoss) after `limit` (train.max_nonfinite_steps) skipped steps in a row.
+
+        `read` is `counters()` read back, when the caller read them with others; else they
+        are read here."""
+        worst, total = (int(v) for v in (read or read_scalars(self.counters())))
         self.skipped_steps = total
-        limit = self.config.train.max_nonfinite_steps
         if worst >= limit:
-            kept = (f"the last checkpoint (step {self._saved_step}) is intact" if self._saved_step is not None
-                    else "nothing was saved")
             raise NonFiniteLoss(
-                f"training stopped at step {self.step}: the loss was NaN or infinite for {worst} steps in a row "
+                f"training stopped at step {step}: the loss was NaN or infinite for {worst} steps in a row "
                 f"(train.max_nonfinite_steps = {limit}; {total} skipped in all; the weights stayed finite); "
-                f"{kept}; lower train.lr and train again with --overwrite")
-        self._bad_max.copy_(self._bad_run)
+                f"{_kept(saved_step)}; lower train.lr and train again with --overwrite")
+        self.bad_max.copy_(self.bad_run)
 
-    def _check_weights_finite(self) -> None:
-        tensors = [*self.model.parameters(), *self.ema.module.parameters()]
+    @staticmethod
+    def check_weights_finite(tensors: Iterable[torch.Tensor], step: int, saved_step: int | None) -> None:
+        """Refuse to save non-finite weights (NonFiniteLoss)."""
         if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-            kept = f"step {self._saved_step}" if self._saved_step is not None else "none"
-            raise NonFiniteLoss(f"training stopped at step {self.step}: the weights are no longer finite; not "
+            kept = f"step {saved_step}" if saved_step is not None else "none"
+            raise NonFiniteLoss(f"training stopped at step {step}: the weights are no longer finite; not "
                                 f"saving over the last checkpoint ({kept}); lower train.lr and train again "
                                 "with --overwrite")
+
+    # -- resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The checkpoint's "nonfinite" entry (one host read each)."""
+        return {"run": int(self.bad_run), "total": int(self.bad_total)}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore the counters; None (checkpoints of earlier versions) leaves them at zero."""
+        if not state:
+            return
+        self.bad_run.fill_(int(state["run"]))
+        self.bad_max.fill_(int(state["run"]))
+        self.bad_total.fill_(int(state["total"]))
+        self.skipped_steps = int(state["total"])

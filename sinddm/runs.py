@@ -223,7 +223,8 @@ def train_run(image: str | Path | Image.Image, out: str | Path | None = None, co
     _announce(trainer, out, device, total)
     trainer.train(total, progress=progress)
     finish_run(out, trainer.config.train.grid_samples, device, seed, progress, precision)
-    skipped = f"; {trainer.skipped_steps} steps with a NaN/inf loss were skipped" if trainer.skipped_steps else ""
+    n_skipped = trainer.guard.skipped_steps
+    skipped = f"; {n_skipped} steps with a NaN/inf loss were skipped" if n_skipped else ""
     _note(f"done: {out / 'model.safetensors'} (sample with: sinddm sample {out}){skipped}")
     return out
 

@@ -8,11 +8,15 @@ Reliability (see also `sinddm.checkpoint`):
   off the log grid writes a provisional last row; resuming replaces it.
 - Numeric guard: a step whose loss or a gradient is NaN/inf changes no weights
   (`sinddm.numeric_guard`).
+
+The Trainer is composed of parts that each own their state and their share of the
+checkpoint: `guard` (NonFiniteGuard: "nonfinite"), `loss_log` (LossLog, `sinddm.loss_log`:
+"loss_history", "loss_window"; loss.csv, loss.png) and `checkpoints` (CheckpointWriter,
+`sinddm.train_checkpoints`: the files written at each checkpoint, the step last saved).
 """
 
 from __future__ import annotations
 
-import io
 import signal
 import threading
 import time
@@ -23,9 +27,7 @@ from torch.optim.lr_scheduler import MultiStepLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import (FORMAT, MODEL_FILE, atomic_write_bytes, ema_weights,
-                         load_latest_train_state, pyramid_from_state, pyramid_to_state, remove_stale_temporaries,
-                         save_model, save_train_state)
+from .checkpoint import FORMAT, load_latest_train_state, pyramid_from_state, pyramid_to_state
 from .config import Config, config_from_dict, scale_batch_size, scale_batch_sizes
 from .devices import resolve_precision
 from .errors import TrainingStopped, UserError
@@ -34,10 +36,12 @@ from .fast import (FastNet, FastOptions, StaticTrainStep, compile_module, ema_up
 from .fast.cpu import keep_freed_memory, use_fast_depthwise
 from .fast.cpu_train import cpu_training_net
 from .hybrid import network_scales
+from .loss_log import LossLog
 from .model import Denoiser
-from .numeric_guard import NonFiniteGuard, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: part of this module's API)
+from .numeric_guard import NonFiniteGuard, NonFiniteLoss, read_scalars  # noqa: F401  (NonFiniteLoss: this module's API)
 from .pyramid import Pyramid
 from .schedule import Schedule, blend_gammas
+from .train_checkpoints import CheckpointWriter
 
 
 def _bcast(v: torch.Tensor) -> torch.Tensor:
@@ -91,7 +95,7 @@ class _StopRequests:
         self._restore()
 
 
-class Trainer(NonFiniteGuard):
+class Trainer:
     """Owns the model, its EMA, the optimizer and every RNG, and writes a run folder.
 
     precision 'fast' runs the network with channels_last and bf16 autocast (on a CPU only
@@ -99,7 +103,9 @@ class Trainer(NonFiniteGuard):
     Function with the fast depthwise gradient (`sinddm.fast`, `sinddm.fast.cpu_train`);
     weights, Adam and the EMA stay fp32. `compile`
     and `cuda_graphs` override the SINDDM_COMPILE / SINDDM_CUDA_GRAPHS environment switches.
-    `fast_options` forces the fast machinery with the given features on any device (tests).
+    `fast_options` chooses the fast path's features one by one, on any device: the benchmarks
+    (benchmarks/speed.py, cpu_levers.py) measure each lever with it, the tests run the CUDA
+    path's machinery on a CPU with it.
     """
 
     def __init__(self, config: Config, pyramid: Pyramid, out_dir: str | Path, device: torch.device,
@@ -121,11 +127,38 @@ class Trainer(NonFiniteGuard):
             prepare_backends(device)
         if device.type == "cpu":
             keep_freed_memory()  # every precision: no number changes, page faults go
-        self.out_dir = Path(out_dir)
+        self.checkpoints = CheckpointWriter(out_dir)  # self.out_dir is its folder
         self.seed, self.source = seed, source
-        tc = config.train
         torch.manual_seed(seed)
-        self.model = Denoiser(config.model.dim).to(device)
+        self._build_model()
+        self._build_optimizer()
+        # Scale choice on a CPU generator (no device sync); t and noise on the device's.
+        self.scale_gen = torch.Generator().manual_seed(seed)
+        self.noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.step = 0
+        self.schedule = Schedule.cosine(device=device)
+        self.gammas = blend_gammas(self.schedule, pyramid.blur_distance).to(device)
+        self.clean = [pyramid.level_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
+        self.blurry = [pyramid.blurry_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
+        self.net = self._loss_network()
+        self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
+        # The parts, each with its own state and its entries of the checkpoint (and checkpoints).
+        self.guard = NonFiniteGuard(device, fused=bool(self._fused))
+        self.loss_log = LossLog(device)
+        self.resume_note: str | None = None   # set by resume() when it fell back to an older checkpoint
+
+    @property
+    def out_dir(self) -> Path:
+        """The run folder (the checkpoint writer's)."""
+        return self.checkpoints.out_dir
+
+    @out_dir.setter
+    def out_dir(self, folder: str | Path) -> None:
+        self.checkpoints.out_dir = Path(folder)
+
+    def _build_model(self) -> None:
+        """The model (its weights drawn from the seeded global RNG), its fast-path form, its EMA."""
+        self.model = Denoiser(self.config.model.dim).to(self.device)
         if self.fast is not None and self.fast.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # On a CPU the image path as one Function computing in bf16 (or fp32) itself, no autocast;
@@ -136,12 +169,17 @@ class Trainer(NonFiniteGuard):
                 self._cpu_net = cpu_training_net(self.model, torch.bfloat16 if self.fast.autocast else torch.float32)
             if self._cpu_net is None:
                 use_fast_depthwise(self.model)  # same parameters and state-dict keys
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.train.ema_decay))
         self._ema_count: int | None = None  # host mirror of ema.n_averaged (read once, lazily)
-        # Fused Adam in fast mode (CUDA; a CPU with the fast path's kernels): one multi-tensor
-        # kernel, no host sync on CUDA, a quarter of the for-loop Adam's time on a CPU; learning
-        # rates stay Python floats, so the scheduler and checkpoints are as in fp32 runs.
-        fused = self.fast is not None and (device.type == "cuda" or self.fast.cpu_kernels)
+
+    def _build_optimizer(self) -> None:
+        """Adam and its learning-rate schedule.
+
+        Fused Adam in fast mode (CUDA; a CPU with the fast path's kernels): one multi-tensor
+        kernel, no host sync on CUDA, a quarter of the for-loop Adam's time on a CPU; learning
+        rates stay Python floats, so the scheduler and checkpoints are as in fp32 runs."""
+        tc = self.config.train
+        fused = self.fast is not None and (self.device.type == "cuda" or self.fast.cpu_kernels)
         self._fused = True if fused else None
         try:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, fused=self._fused)
@@ -149,33 +187,15 @@ class Trainer(NonFiniteGuard):
             self._fused = None
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.lr_scheduler = MultiStepLR(self.optimizer, milestones=tc.lr_milestones, gamma=tc.lr_gamma)
-        # Scale choice on a CPU generator (no device sync); t and noise on the device's.
-        self.scale_gen = torch.Generator().manual_seed(seed)
-        self.noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        self.step = 0
-        self.loss_history: list[tuple[int, float]] = []
-        self.schedule = Schedule.cosine(device=device)
-        self.gammas = blend_gammas(self.schedule, pyramid.blur_distance).to(device)
-        self.clean = [pyramid.level_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
-        self.blurry = [pyramid.blurry_tensor(s)[None].to(device) for s in range(pyramid.n_scales)]
-        # The network as the loss sees it: bf16/channels_last/compiled in fast mode.
-        self.net = self.model
-        if self.fast is not None:
-            if self._cpu_net is not None:  # it lays its input out and casts it itself
-                self.net = FastNet(self._cpu_net, autocast=False, channels_last=False)
-            else:
-                inner = compile_module(self.model) if self.fast.compile else self.model
-                self.net = FastNet(inner, self.fast.autocast, self.fast.channels_last)
-        self._static: StaticTrainStep | None = None  # fast mode's step engine, built on first use
-        self._init_guard(device)
-        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
-        # The loss log's open window (steps since the last loss.csv row), checkpointed.
-        self._win_sum = zeros(torch.float32)  # sum of the applied steps' losses
-        self._win_ok = zeros(torch.long)      # applied steps
-        self._win_steps = 0                   # all steps
-        self._provisional_row = False         # loss_history[-1] is an off-grid end-of-run row
-        self._saved_step: int | None = None
-        self.resume_note: str | None = None   # set by resume() when it fell back to an older checkpoint
+
+    def _loss_network(self):
+        """The network as the loss sees it: bf16/channels_last/compiled in fast mode."""
+        if self.fast is None:
+            return self.model
+        if self._cpu_net is not None:  # it lays its input out and casts it itself
+            return FastNet(self._cpu_net, autocast=False, channels_last=False)
+        inner = compile_module(self.model) if self.fast.compile else self.model
+        return FastNet(inner, self.fast.autocast, self.fast.channels_last)
 
     # -- one step -------------------------------------------------------------------------
     def draw_batch(self, scale: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -224,7 +244,7 @@ class Trainer(NonFiniteGuard):
             # Same draws from the same generators as above, into the graphs' static buffers.
             s = self._draw_scale() if scale is None else scale
             loss = self._static_step().run(s, self.noise_gen)
-        applied = self._guarded_optimizer_step(loss)
+        applied = self.guard.optimizer_step(self.optimizer, loss, self.model.parameters())
         self.lr_scheduler.step()
         self.step += 1
         tc = self.config.train
@@ -267,20 +287,15 @@ class Trainer(NonFiniteGuard):
     def _train(self, total_steps: int | None, progress: bool, stop: _StopRequests) -> None:
         tc = self.config.train
         total = tc.steps if total_steps is None else total_steps
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.out_dir)  # left by a save that was interrupted
-        if self._provisional_row:  # the last run ended off the log grid: its window is still open
-            self.loss_history.pop()
-            self._provisional_row = False
+        self.checkpoints.prepare()  # removes the temporary files of a save that was interrupted
+        self.loss_log.reopen()  # the last run ended off the log grid: its window is still open
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not progress,
                    dynamic_ncols=True)
-        self._rate = (0, time.perf_counter())
+        self._rate = (self.step, time.perf_counter())
         try:
             while self.step < total:
                 loss = self.train_step()
-                self._win_sum += torch.where(self._last_ok, loss, 0.0)
-                self._win_ok += self._last_ok
-                self._win_steps += 1
+                self.loss_log.add(loss, self.guard.last_ok)
                 bar.update(1)
                 if self.step % tc.log_every == 0:
                     self._log_row(bar)  # the only host sync: every log_every steps
@@ -288,64 +303,63 @@ class Trainer(NonFiniteGuard):
                     self.save()
                 if stop.signum is not None:
                     break
-            if self._win_steps:  # ended off the log grid: a provisional row, the window stays open
+            if self.loss_log.win_steps:  # ended off the log grid: a provisional row, the window stays open
                 self._log_row(bar, close_window=False)
-                self._provisional_row = True
         finally:
             bar.close()
         self.save()
 
     def _log_row(self, bar, close_window: bool = True) -> None:
-        counters = self._read_counters()
-        self._check_nonfinite(counters)
-        total, n_ok = counters[0], counters[1]
-        mean = total / n_ok if n_ok else float("nan")  # mean over the applied steps
-        self.loss_history.append((self.step, mean))
+        read = read_scalars(self.loss_log.counters() + self.guard.counters())  # one host read-back
+        self._check_nonfinite(read[2:])
+        mean = self.loss_log.row(self.step, read[:2], close_window)
         n, t0 = self._rate
-        rate = (self._win_steps - n) / max(time.perf_counter() - t0, 1e-9)
+        rate = (self.step - n) / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{mean:.4f}", steps_s=f"{rate:.1f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
-        if close_window:
-            self._win_sum.zero_()
-            self._win_ok.zero_()
-            self._win_steps = 0
-        self._rate = (self._win_steps, time.perf_counter())
+        self._rate = (self.step, time.perf_counter())
+
+    def _check_nonfinite(self, read: list[float] | None = None) -> None:
+        self.guard.check(self.config.train.max_nonfinite_steps, self.step, self.checkpoints.saved_step, read)
 
     # -- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
+        """The training checkpoint: the Trainer's own entries, then each part's."""
+        state = {
             "format": FORMAT, "step": self.step, "seed": self.seed, "source": self.source,
             "config": self.config.to_dict(), "pyramid": pyramid_to_state(self.pyramid),
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
             "rng": {"scale": self.scale_gen.get_state(), "noise": self.noise_gen.get_state()},
-            "loss_history": [list(p) for p in self.loss_history],
-            "loss_window": {"sum": float(self._win_sum), "applied": int(self._win_ok), "steps": self._win_steps,
-                            "provisional_row": self._provisional_row},
-            "nonfinite": {"run": int(self._bad_run), "total": int(self._bad_total)},
-            "precision": self.precision,  # what 'auto' resumes with
         }
+        state.update(self.loss_log.state_dict())  # loss_history, loss_window
+        state["nonfinite"] = self.guard.state_dict()
+        state["precision"] = self.precision  # what 'auto' resumes with
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a training checkpoint (`state_dict`), each part from its entries."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        retarget_adam(self.optimizer, self._fused)  # the checkpoint may come from the other precision
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scale_gen.set_state(state["rng"]["scale"])
+        self.noise_gen.set_state(state["rng"]["noise"].to("cpu"))
+        self.step = int(state["step"])
+        self.loss_log.load_state_dict(state)
+        self.guard.load_state_dict(state.get("nonfinite"))  # absent in checkpoints of earlier versions
+        self.checkpoints.resumed_at(self.step)
 
     def save(self) -> None:
         """Training state (for --resume, with history), inference model, loss log and curve.
 
         Every file is written atomically; nothing is written if the guard has to stop
         training or the weights are not finite."""
-        from .plots import loss_curve
-
         self._check_nonfinite()
-        self._check_weights_finite()
-        state = self.state_dict()
-        save_train_state(self.out_dir, state, self.config.train.keep_checkpoints)
-        save_model(self.out_dir / MODEL_FILE, ema_weights(state["ema"]), self.pyramid, self.config,
-                   self.step, self.source)
-        lines = ["step,loss"] + [f"{s},{l:.6f}" for s, l in self.loss_history]
-        atomic_write_bytes(self.out_dir / "loss.csv", ("\n".join(lines) + "\n").encode())
-        if self.loss_history:
-            steps, losses = zip(*self.loss_history)
-            buf = io.BytesIO()
-            loss_curve(list(steps), list(losses)).save(buf, format="PNG")
-            atomic_write_bytes(self.out_dir / "loss.png", buf.getvalue())
-        self._saved_step = self.step
+        self.guard.check_weights_finite([*self.model.parameters(), *self.ema.module.parameters()], self.step,
+                                        self.checkpoints.saved_step)
+        self.checkpoints.write(self.state_dict(), self.config.train.keep_checkpoints, self.pyramid, self.config,
+                               self.source, run_files=[self.loss_log])
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device, config: Config | None = None,
@@ -378,27 +392,6 @@ class Trainer(NonFiniteGuard):
             saved.train = config.train
         trainer = cls(saved, pyramid_from_state(state["pyramid"]), run_dir, device,
                       seed=state["seed"], source=state["source"], precision=precision, **fast_kwargs)
-        trainer.model.load_state_dict(state["model"])
-        trainer.ema.load_state_dict(state["ema"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        retarget_adam(trainer.optimizer, trainer._fused)  # the checkpoint may come from the other precision
-        trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        trainer.scale_gen.set_state(state["rng"]["scale"])
-        trainer.noise_gen.set_state(state["rng"]["noise"].to("cpu"))
-        trainer.step = int(state["step"])
-        trainer.loss_history = [(int(s), float(l)) for s, l in state["loss_history"]]
-        window = state.get("loss_window")  # absent in checkpoints of earlier versions
-        if window:
-            trainer._win_sum.fill_(float(window["sum"]))
-            trainer._win_ok.fill_(int(window["applied"]))
-            trainer._win_steps = int(window["steps"])
-            trainer._provisional_row = bool(window["provisional_row"])
-        nonfinite = state.get("nonfinite")
-        if nonfinite:
-            trainer._bad_run.fill_(int(nonfinite["run"]))
-            trainer._bad_max.fill_(int(nonfinite["run"]))
-            trainer._bad_total.fill_(int(nonfinite["total"]))
-            trainer.skipped_steps = int(nonfinite["total"])
-        trainer._saved_step = trainer.step
+        trainer.load_state_dict(state)
         trainer.resume_note = note
         return trainer

@@ -1,8 +1,8 @@
 """Crash-safe training and exact resume.
 
 The centre piece kills real `python -m sinddm train` processes with SIGKILL three times
-at seeded-random moments (once while checkpoint.pt is being written, held open by the
-SINDDM_TEST_PAUSE_BEFORE_RENAME hook), resumes each time with --resume and checks that
+at seeded-random moments (once while checkpoint.pt is being written, its rename held back
+by the wrapper tests/pause_before_rename.py), resumes each time with --resume and checks that
 the result equals an uninterrupted run bit for bit: weights, checkpoint contents, loss
 log and curve, checkpoint history. The other tests damage checkpoints by hand and check
 the fallback, the history, and atomic writes.
@@ -15,20 +15,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from sinddm.checkpoint import (ENV_PAUSE, HISTORY_RE, atomic_write, atomic_write_bytes, history_paths,
-                               load_model, load_train_state, remove_stale_temporaries, state_checksum)
+from sinddm.checkpoint import (HISTORY_RE, atomic_write, atomic_write_bytes, history_paths, load_model,
+                               load_train_state, remove_stale_temporaries, state_checksum)
 from sinddm.cli import main
 from sinddm.errors import UserError
 
 from .conftest import GOLDEN
 
 SMALL = GOLDEN / "small_120x90.png"
+PAUSE_BEFORE_RENAME = Path(__file__).parent / "pause_before_rename.py"  # `python -m sinddm`, a rename held back
 
 # 2 scales (64x48, 81x61), width 8, batch 2. log_every and checkpoint_every are
 # coprime, so most checkpoints hold an open loss-log window.
@@ -118,13 +120,13 @@ def _kill(proc, logs) -> None:
 def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(tmp_path):
     rng = random.Random(20240611)
     cfg = write_config(tmp_path / "tiny.yaml")
-    env = {k: v for k, v in os.environ.items() if k != ENV_PAUSE}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
-    def train(run, *extra, **env_extra):
-        cmd = [sys.executable, "-m", "sinddm", "train", str(SMALL), "--out", str(run), "--device", "cpu",
-               "--quiet", *extra]
-        return subprocess.Popen(cmd, cwd=tmp_path, env={**env, **env_extra}, stdout=subprocess.PIPE,
+    def train(run, *extra, pause=()):
+        """`pause`: (file name, seconds) to hold back each rename onto that file."""
+        sinddm = [str(PAUSE_BEFORE_RENAME), *pause] if pause else ["-m", "sinddm"]
+        cmd = [sys.executable, *sinddm, "train", str(SMALL), "--out", str(run), "--device", "cpu", "--quiet", *extra]
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     straight, run = tmp_path / "straight", tmp_path / "killed"
@@ -134,8 +136,8 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(tmp_path):
     def checkpoint_step() -> int:
         return int(load_train_state(run / "checkpoint.pt")["step"])
 
-    def resume(**env_extra):
-        proc = train(run, "--resume", **env_extra)
+    def resume(pause=()):
+        proc = train(run, "--resume", pause=pause)
         return proc, checkpoint_step()
 
     # 1: some way into the first run, a few milliseconds after a checkpoint.
@@ -149,7 +151,7 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(tmp_path):
     def checkpoint_temporaries() -> set:
         return {n for n in os.listdir(run) if n.startswith(".checkpoint.pt.") and n.endswith(".tmp")}
     left_by_kill_1 = checkpoint_temporaries()  # (when it hit the same moment): not this process's writes
-    proc, start = resume(**{ENV_PAUSE: "checkpoint.pt=0.3"})
+    proc, start = resume(pause=("checkpoint.pt", "0.3"))
     nth, seen = rng.randint(1, 3), set()
 
     def nth_checkpoint_write() -> bool:
@@ -193,8 +195,7 @@ def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_saves_the_current_step_and_resume_equals_an_uninterrupted_run(tmp_path, sig):
     cfg = write_config(tmp_path / "tiny.yaml", steps=100, checkpoint_every=10, log_every=7)
-    env = {k: v for k, v in os.environ.items() if k != ENV_PAUSE}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     run = tmp_path / "stopped"
     cmd = [sys.executable, "-m", "sinddm", "train", str(SMALL), "--out", str(run), "--device", "cpu", "--quiet"]
     proc = subprocess.Popen(cmd + ["--config", str(cfg), "--seed", "3"], cwd=tmp_path, env=env,

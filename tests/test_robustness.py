@@ -346,7 +346,7 @@ def same_adam(a, b):
 
 def test_a_nan_step_is_skipped_exactly_on_the_cpu(pyramid, tmp_path):
     tr = Trainer(tiny_config(), pyramid, tmp_path / "run", CPU, seed=1)
-    assert tr._guard_mode == "host"
+    assert tr.guard.mode == "host"
     poison(tr, {3, 5, 10})
     for step in range(1, 7):
         w, st = weights(tr), adam_state(tr)
@@ -357,12 +357,12 @@ def test_a_nan_step_is_skipped_exactly_on_the_cpu(pyramid, tmp_path):
         else:
             assert torch.isfinite(loss) and not same(weights(tr), w)
         assert tr.step == step
-    assert tr.skipped_steps == 2
+    assert tr.guard.skipped_steps == 2
     assert tr.lr_scheduler.last_epoch == 6  # the schedule counts skipped steps
     tr.train(12, progress=False)  # step 10 is skipped inside the loop's log window 9-12
-    assert [s for s, _ in tr.loss_history] == [8, 12]
-    assert all(np.isfinite(v) for _, v in tr.loss_history)  # means over the applied steps
-    assert tr.skipped_steps == 3
+    assert [s for s, _ in tr.loss_log.rows] == [8, 12]
+    assert all(np.isfinite(v) for _, v in tr.loss_log.rows)  # means over the applied steps
+    assert tr.guard.skipped_steps == 3
     state = load_train_state(tmp_path / "run" / "checkpoint.pt")
     assert state["nonfinite"] == {"run": 0, "total": 3}
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -396,7 +396,7 @@ def _with_fused_adam(tr):
         pytest.skip("no fused Adam on this CPU build")
     tr.lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(tr.optimizer, milestones=tr.config.train.lr_milestones,
                                                            gamma=tr.config.train.lr_gamma)
-    tr._fused, tr._guard_mode = True, "found_inf"
+    tr._fused, tr.guard.mode = True, "found_inf"
     return tr
 
 
@@ -407,7 +407,7 @@ def test_device_guard_modes(mode, pyramid, tmp_path):
     if mode == "found_inf":
         _with_fused_adam(tr)
     else:
-        tr._guard_mode = "zero_grad"
+        tr.guard.mode = "zero_grad"
     poison(tr, {2, 6, 7})
     tr.train_step()
     w, st = weights(tr), adam_state(tr)
@@ -417,7 +417,7 @@ def test_device_guard_modes(mode, pyramid, tmp_path):
     else:  # gradients zeroed: momentum still moves the weights, which stay finite
         assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in tr.model.parameters())
         assert all(torch.isfinite(p).all() for p in tr.model.parameters())
-    assert tr.skipped_steps == 0  # not read back yet
+    assert tr.guard.skipped_steps == 0  # not read back yet
     with pytest.raises(NonFiniteLoss, match=r"at step 8: .* 2 steps in a row .*3 skipped in all.*nothing was saved"):
         tr.train(12, progress=False)  # 6, 7 in a row; seen at the read-back of step 8
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
