@@ -27,7 +27,8 @@ from .pyramid import Pyramid
 from .schedule import Schedule
 
 DEFAULT_PATCH = 5                # measured best of 5/7/9 at the finer scales (method §11.7)
-DEFAULT_CHUNK = 1 << 24          # scores (query × key floats, 64 MB) held at once
+DEFAULT_CHUNK = 1 << 24          # scores (query × key floats, 64 MB) held at once, at most
+BLOCK_SCORES = 1 << 22           # exact path: scores per block (16 MB), measured faster than 64 MB
 INDEX_DIMS = 16                  # principal components of the candidate index (approximate path)
 MERGES = ("mean", "centre")
 
@@ -106,11 +107,14 @@ class PatchDenoiser(nn.Module):
             if flips:   # drop the patches that straddle the seam between the picture and its mirror
                 keys = self._unseam(keys, y.shape[-1] // 2, p)
             self.register_buffer(f"keys_{s}", keys)
+            self.register_buffer(f"keysT_{s}", keys.t().contiguous(), persistent=False)
             self.register_buffer(f"keysq_{s}", 0.5 * (keys ** 2).sum(1))
+            self.register_buffer(f"vals_{s}", self._values(s, keys).contiguous(), persistent=False)
             if s > 0:
                 ctx = _patches(b, p)
                 ctx = self._unseam(ctx, b.shape[-1] // 2, p) if flips else ctx
                 self.register_buffer(f"ctx_{s}", ctx)
+                self.register_buffer(f"ctxT_{s}", ctx.t().contiguous(), persistent=False)
                 self.register_buffer(f"ctxsq_{s}", 0.5 * (ctx ** 2).sum(1))
             if candidates is not None:
                 self._build_index(s, keys, ctx if s > 0 else None, index_dims)
@@ -200,7 +204,8 @@ class PatchDenoiser(nn.Module):
         up = self._pad(u, p) if u is not None else None
         hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1     # patch positions
         n_scores = self.candidates * 3 * p * p * (2 if u is not None else 1) if self.candidates else 0
-        per_block = max(1, self.chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
+        chunk = self.chunk if self.candidates else min(self.chunk, BLOCK_SCORES)
+        per_block = max(1, chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
         rows = max(1, per_block // wp)
         if self.merge == "mean":
             acc = r.new_zeros((n, 3, rp.shape[-2], rp.shape[-1]))
@@ -229,18 +234,17 @@ class PatchDenoiser(nn.Module):
 
     def _block(self, q: torch.Tensor, uq: torch.Tensor | None, c, var, scale: int) -> torch.Tensor:
         """Posterior-mean patches (or centre pixels) of a block of query rows."""
-        keys = getattr(self, f"keys_{scale}")
-        ksq = getattr(self, f"keysq_{scale}")
-        tau2 = self.context_sigma ** 2 if uq is not None else None
         if self.candidates is not None:
             return self._block_candidates(q, uq, c, var, scale)
-        # −‖q − c y‖²/(2σ²) = (c q·y − c²‖y‖²/2)/σ² + (terms of q alone, dropped by the softmax)
-        logits = torch.addmm(ksq, q, keys.t(), beta=-(c * c) / var, alpha=c / var)
+        # −‖q − c y‖²/(2σ²) = (c q·y − c²‖y‖²/2)/σ² + (terms of q alone, dropped by the softmax);
+        # keys stored transposed and values contiguous so that neither is copied per block
+        logits = torch.addmm(getattr(self, f"keysq_{scale}"), q, getattr(self, f"keysT_{scale}"),
+                             beta=-(c * c) / var, alpha=c / var)
         if uq is not None:
-            ctx, csq = getattr(self, f"ctx_{scale}"), getattr(self, f"ctxsq_{scale}")
-            logits += torch.addmm(csq, uq, ctx.t(), beta=-1.0 / tau2, alpha=1.0 / tau2)
-        wts = torch.softmax(logits, dim=1)
-        return wts @ self._values(scale, keys)
+            tau2 = self.context_sigma ** 2
+            logits.addmm_(uq, getattr(self, f"ctxT_{scale}"), alpha=1.0 / tau2)
+            logits.add_(getattr(self, f"ctxsq_{scale}"), alpha=-1.0 / tau2)
+        return torch.softmax(logits, dim=1) @ getattr(self, f"vals_{scale}")
 
     def _values(self, scale: int, keys: torch.Tensor) -> torch.Tensor:
         if self.merge == "mean":
@@ -271,5 +275,5 @@ class PatchDenoiser(nn.Module):
             cctx = getattr(self, f"ctx_{scale}")[idx]
             logits += (torch.einsum("qd,qkd->qk", uq, cctx) - getattr(self, f"ctxsq_{scale}")[idx]) / tau2
         wts = torch.softmax(logits, dim=1)
-        vals = self._values(scale, keys)[idx]                    # Q×k×D (or Q×k×3)
+        vals = getattr(self, f"vals_{scale}")[idx]                    # Q×k×D (or Q×k×3)
         return torch.einsum("qk,qkd->qd", wts, vals)
