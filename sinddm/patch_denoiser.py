@@ -31,6 +31,8 @@ DEFAULT_CHUNK = 1 << 24          # scores (query × key floats, 64 MB) held at o
 BLOCK_SCORES = 1 << 22           # exact path: scores per block (16 MB), measured faster than 64 MB
 INDEX_DIMS = 16                  # principal components of the candidate index (approximate path)
 MERGES = ("mean", "centre")
+SEARCHES = ("context", "query")
+SEARCH_STRIDE = 2                # context search: one search per 2×2 query positions, shifted to the rest
 
 
 def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, int]:
@@ -60,6 +62,12 @@ class PatchDenoiser(nn.Module):
     `merge`: "centre" (each pixel from the patch centred on it; borders padded by repeating the
     edge; measured better and faster) or "mean" (average of the overlapping patch estimates). `circular`: on a torus (patches
     wrap; `--tileable`). `flips`: also use the left-right mirrored training patches.
+    `search` (approximate path): "context" finds each query's candidates once per blurry picture
+    (the k training patches whose blurry version is nearest the query's blurry patch; memoised, so
+    the steps of one scale reuse them) wherever the sampler gives x̃ with γ > 0, and falls back to
+    "query" elsewhere; "query" ranks every key by the low-dimensional logit at every call.
+    `search_stride`: the context search runs on every `search_stride`-th position in each direction
+    and hands its candidates, shifted, to the positions in between (1: every position).
     """
 
     takes_blurry = True
@@ -67,7 +75,8 @@ class PatchDenoiser(nn.Module):
     def __init__(self, pyramid: Pyramid, schedule: Schedule, scales: Sequence[int] | None = None,
                  patch_size: int | Sequence[int] = DEFAULT_PATCH, context_sigma: float | None = None,
                  candidates: int | None = None, chunk: int = DEFAULT_CHUNK, merge: str = "centre",
-                 circular: bool = False, flips: bool = False, index_dims: int = INDEX_DIMS):
+                 circular: bool = False, flips: bool = False, index_dims: int = INDEX_DIMS,
+                 search: str = "context", search_stride: int = SEARCH_STRIDE):
         super().__init__()
         n = pyramid.n_scales
         scales = list(range(n)) if scales is None else [int(s) for s in scales]
@@ -89,6 +98,12 @@ class PatchDenoiser(nn.Module):
             raise UserError(f"chunk must be >= 1, got {chunk}")
         if merge not in MERGES:
             raise UserError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        if search not in SEARCHES:
+            raise UserError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+        if isinstance(search_stride, bool) or not isinstance(search_stride, int) or search_stride < 1:
+            raise UserError(f"search_stride must be a whole number >= 1, got {search_stride!r}")
+        self.search, self.search_stride = search, search_stride
+        self._memo = None        # (scale, padded blurry batch, candidates per sample): context search
         self.scales, self.patch_sizes = scales, sizes
         self.context_sigma, self.candidates, self.chunk = context_sigma, candidates, int(chunk)
         self.merge, self.circular, self.flips = merge, circular, flips
@@ -103,6 +118,8 @@ class PatchDenoiser(nn.Module):
             y, b = pyramid.level_tensor(s), pyramid.blurry_tensor(s)
             if flips:
                 y, b = torch.cat([y, y.flip(-1)], -1), torch.cat([b, b.flip(-1)], -1)
+            self.key_grid = getattr(self, "key_grid", {})
+            self.key_grid[s] = (y.shape[-2] - p + 1, y.shape[-1] - p + 1)
             keys = _patches(y, p)
             if flips:   # drop the patches that straddle the seam between the picture and its mirror
                 keys = self._unseam(keys, y.shape[-1] // 2, p)
@@ -191,18 +208,24 @@ class PatchDenoiser(nn.Module):
             r = xs - a * g * u if u is not None else xs
             c = a * (1 - g)
             y_hat = self.posterior_mean(r, c, sigma * sigma, scale, u if self.context_sigma is not None and scale > 0
-                                        else None)
+                                        else None, search_u=u if scale > 0 else None)
             out[sel] = (r - c * y_hat) / sigma
         return out
 
-    def posterior_mean(self, r: torch.Tensor, c, var, scale: int, u: torch.Tensor | None = None) -> torch.Tensor:
+    def posterior_mean(self, r: torch.Tensor, c, var, scale: int, u: torch.Tensor | None = None,
+                       search_u: torch.Tensor | None = None) -> torch.Tensor:
         """ŷ (N×3×H×W) for residuals r = c·y + √var·ε, patch by patch, optionally weighed by the
-        blurry context u against the training level's blurry patches."""
+        blurry context u against the training level's blurry patches. `search_u`: the blurry
+        picture the context search of the approximate path uses (None: search by the query)."""
         p = self.patch_sizes[scale]
         n, _, h, w = r.shape
         rp = self._pad(r, p)
         up = self._pad(u, p) if u is not None else None
         hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1     # patch positions
+        cands = None
+        if (self.candidates is not None and self.search == "context" and search_u is not None
+                and self.candidates < getattr(self, f"keys_{scale}").shape[0]):
+            cands = self._context_candidates(self._pad(search_u, p), scale, hp, wp)
         n_scores = self.candidates * 3 * p * p * (2 if u is not None else 1) if self.candidates else 0
         chunk = self.chunk if self.candidates else min(self.chunk, BLOCK_SCORES)
         per_block = max(1, chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
@@ -216,8 +239,11 @@ class PatchDenoiser(nn.Module):
                 r1 = min(hp, r0 + rows)
                 q = _patches(rp[i, :, r0:r1 + p - 1], p)
                 uq = _patches(up[i, :, r0:r1 + p - 1], p) if up is not None else None
+                base = r0 * wp
                 est = torch.cat([self._block(q[k:k + per_block], uq[k:k + per_block] if uq is not None else None,
-                                             c, var, scale) for k in range(0, q.shape[0], per_block)])
+                                             c, var, scale, None if cands is None else
+                                             cands[i][base + k:base + min(k + per_block, q.shape[0])].long())
+                                 for k in range(0, q.shape[0], per_block)])
                 if self.merge == "mean":
                     acc[i, :, r0:r1 + p - 1] += F.fold(est.t()[None], (r1 - r0 + p - 1, rp.shape[-1]), p)[0]
                 else:
@@ -232,10 +258,12 @@ class PatchDenoiser(nn.Module):
         count = F.fold(F.unfold(r.new_ones((1, 1, h, w)), p), (h, w), p)
         return acc / count
 
-    def _block(self, q: torch.Tensor, uq: torch.Tensor | None, c, var, scale: int) -> torch.Tensor:
-        """Posterior-mean patches (or centre pixels) of a block of query rows."""
+    def _block(self, q: torch.Tensor, uq: torch.Tensor | None, c, var, scale: int,
+               idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior-mean patches (or centre pixels) of a block of query rows (`idx`: their
+        candidates, when already found)."""
         if self.candidates is not None:
-            return self._block_candidates(q, uq, c, var, scale)
+            return self._block_candidates(q, uq, c, var, scale, idx)
         # −‖q − c y‖²/(2σ²) = (c q·y − c²‖y‖²/2)/σ² + (terms of q alone, dropped by the softmax);
         # keys stored transposed and values contiguous so that neither is copied per block
         logits = torch.addmm(getattr(self, f"keysq_{scale}"), q, getattr(self, f"keysT_{scale}"),
@@ -253,10 +281,49 @@ class PatchDenoiser(nn.Module):
         centre = (p // 2) * p + p // 2
         return keys[:, centre::p * p]        # channel-major rows: the centre pixel's 3 values
 
-    def _block_candidates(self, q, uq, c, var, scale: int) -> torch.Tensor:
-        """Exact weights over the `candidates` keys that score best in the low-dimensional index."""
+    def _context_candidates(self, up: torch.Tensor, scale: int, hp: int, wp: int) -> list[torch.Tensor]:
+        """Per sample, the (hp·wp)×k indices of the keys whose blurry patch is nearest (in the index's
+        principal components) the blurry patch of each position of `up` (padded as the queries).
+        A function of `up` alone, so memoised: a scale's steps share one search."""
+        memo = self._memo
+        if (memo is not None and memo[0] == scale and memo[1].shape == up.shape and memo[1].device == up.device
+                and torch.equal(memo[1], up)):
+            return memo[2]
+        p = self.patch_sizes[scale]
+        k = self.candidates
+        basis, mean = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
+        red, rsq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
+        hk, wk = self.key_grid[scale]
+        st = 1 if self.flips else self.search_stride          # mirrored keys break the shift rule
+        hs, ws = (hp + st - 1) // st, (wp + st - 1) // st
+        per_block = max(1, self.chunk // red.shape[0])
+        out = []
+        for i in range(up.shape[0]):
+            pat = F.unfold(up[i:i + 1], p, stride=st)[0].t()         # (hs·ws)×D
+            # nearest blurry key: largest u·b − ‖b‖²/2 in the index's components
+            idx = torch.cat([torch.addmm(rsq, (pat[j:j + per_block] - mean) @ basis, red.t(), beta=-1.0)
+                             .topk(k, dim=1).indices for j in range(0, pat.shape[0], per_block)])
+            if st > 1:   # position (y, x) takes its grid parent's candidates moved by the same offset
+                yy = torch.arange(hp, device=up.device)
+                xx = torch.arange(wp, device=up.device)
+                parent = ((yy // st)[:, None] * ws + (xx // st)[None, :]).flatten()
+                dy = (yy % st)[:, None].expand(hp, wp).flatten()[:, None]
+                dx = (xx % st)[None, :].expand(hp, wp).flatten()[:, None]
+                idx = idx[parent]
+                ky = (idx // wk + dy).clamp_(max=hk - 1)
+                kx = (idx % wk + dx).clamp_(max=wk - 1)
+                idx = ky * wk + kx
+            out.append(idx.to(torch.int32))
+        self._memo = (scale, up.clone(), out)
+        return out
+
+    def _block_candidates(self, q, uq, c, var, scale: int, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact weights over `idx`, or over the `candidates` keys that score best in the
+        low-dimensional index."""
         keys = getattr(self, f"keys_{scale}")
         k = min(self.candidates, keys.shape[0])
+        if idx is not None:
+            return self._weigh(q, uq, c, var, scale, idx)
         # The index: −‖P(q/c − μ) − P(y − μ)‖²·c²/(2σ²) [+ the same for the context], as a matmul.
         basis, mean = getattr(self, f"idx_basis_{scale}"), getattr(self, f"idx_mean_{scale}")
         red, rsq = getattr(self, f"idx_keys_{scale}"), getattr(self, f"idx_sq_{scale}")
@@ -267,7 +334,11 @@ class PatchDenoiser(nn.Module):
             cb, cm = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
             cred, csq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
             approx += torch.addmm(csq, (uq - cm) @ cb, cred.t(), beta=-1.0 / tau2, alpha=1.0 / tau2)
-        idx = approx.topk(k, dim=1).indices                      # Q×k
+        return self._weigh(q, uq, c, var, scale, approx.topk(k, dim=1).indices)
+
+    def _weigh(self, q, uq, c, var, scale: int, idx: torch.Tensor) -> torch.Tensor:
+        """The posterior over the candidate keys `idx` (Q×k) of each query: exact logits, softmax, mean."""
+        keys = getattr(self, f"keys_{scale}")
         cand = keys[idx]                                         # Q×k×D
         logits = (c / var) * torch.einsum("qd,qkd->qk", q, cand) - (c * c / var) * getattr(self, f"keysq_{scale}")[idx]
         if uq is not None:
