@@ -31,8 +31,9 @@ DEFAULT_CHUNK = 1 << 24          # scores (query × key floats, 64 MB) held at o
 BLOCK_SCORES = 1 << 22           # exact path: scores per block (16 MB), measured faster than 64 MB
 INDEX_DIMS = 16                  # principal components of the candidate index (approximate path)
 MERGES = ("mean", "centre")
-SEARCHES = ("context", "query")
-SEARCH_STRIDE = 2                # context search: one search per 2×2 query positions, shifted to the rest
+SEARCHES = ("query", "context")
+SEARCH_STRIDE = 2                # one search per 2×2 query positions, its candidates shifted to the rest
+GROUP = 64                       # exact top-k via the maxima of groups of this many keys
 
 
 def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, int]:
@@ -45,6 +46,19 @@ def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, 
         return {s: int(v) for s, v in zip(scales, value)}
     raise UserError(f"{name}: give one number, one per pyramid scale ({n_scales}) or one per entry of "
                     f"scales ({len(scales)}); got {len(value)}")
+
+
+def _topk(scores: torch.Tensor, k: int, group: int = GROUP) -> torch.Tensor:
+    """Indices of the k largest scores of each row, exactly, via the rows' group maxima: the k best
+    lie in the k groups of `group` columns with the largest maxima (a group holding one of them has
+    a maximum at least that good, and at most k−1 other groups can beat it). The width must be a
+    whole number of groups."""
+    q, n = scores.shape
+    if k * group * 4 > n:
+        return scores.topk(k, dim=1).indices
+    best = scores.view(q, n // group, group).amax(2).topk(k, dim=1).indices       # q×k groups
+    cols = (best[:, :, None] * group + torch.arange(group, device=scores.device)).view(q, k * group)
+    return cols.gather(1, scores.gather(1, cols).topk(k, dim=1).indices)
 
 
 def _patches(img: torch.Tensor, p: int) -> torch.Tensor:
@@ -76,7 +90,7 @@ class PatchDenoiser(nn.Module):
                  patch_size: int | Sequence[int] = DEFAULT_PATCH, context_sigma: float | None = None,
                  candidates: int | None = None, chunk: int = DEFAULT_CHUNK, merge: str = "centre",
                  circular: bool = False, flips: bool = False, index_dims: int = INDEX_DIMS,
-                 search: str = "context", search_stride: int = SEARCH_STRIDE):
+                 search: str = "query", search_stride: int = SEARCH_STRIDE, refresh: int = 1):
         super().__init__()
         n = pyramid.n_scales
         scales = list(range(n)) if scales is None else [int(s) for s in scales]
@@ -102,8 +116,11 @@ class PatchDenoiser(nn.Module):
             raise UserError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
         if isinstance(search_stride, bool) or not isinstance(search_stride, int) or search_stride < 1:
             raise UserError(f"search_stride must be a whole number >= 1, got {search_stride!r}")
-        self.search, self.search_stride = search, search_stride
+        if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
+            raise UserError(f"refresh must be a whole number >= 1, got {refresh!r}")
+        self.search, self.search_stride, self.refresh = search, search_stride, refresh
         self._memo = None        # (scale, padded blurry batch, candidates per sample): context search
+        self._qmemo = None       # (scale, padded blurry batch, t searched at, candidates): query search
         self.scales, self.patch_sizes = scales, sizes
         self.context_sigma, self.candidates, self.chunk = context_sigma, candidates, int(chunk)
         self.merge, self.circular, self.flips = merge, circular, flips
@@ -157,6 +174,11 @@ class PatchDenoiser(nn.Module):
             self.register_buffer(f"{name}_mean_{s}", mean)
             self.register_buffer(f"{name}_keys_{s}", red)
             self.register_buffer(f"{name}_sq_{s}", 0.5 * (red ** 2).sum(1))
+            # the same padded to whole groups of GROUP keys (the pads score −inf) for `_topk`
+            n_pad = -red.shape[0] % GROUP
+            self.register_buffer(f"{name}_keysT_{s}", F.pad(red.t(), (0, n_pad)).contiguous(), persistent=False)
+            self.register_buffer(f"{name}_sqpad_{s}", F.pad(0.5 * (red ** 2).sum(1), (0, n_pad), value=float("inf")),
+                                 persistent=False)
 
     # -- geometry -----------------------------------------------------------------------------
 
@@ -208,24 +230,27 @@ class PatchDenoiser(nn.Module):
             r = xs - a * g * u if u is not None else xs
             c = a * (1 - g)
             y_hat = self.posterior_mean(r, c, sigma * sigma, scale, u if self.context_sigma is not None and scale > 0
-                                        else None, search_u=u if scale > 0 else None)
+                                        else None, search_u=u if scale > 0 else None, step=tv)
             out[sel] = (r - c * y_hat) / sigma
         return out
 
     def posterior_mean(self, r: torch.Tensor, c, var, scale: int, u: torch.Tensor | None = None,
-                       search_u: torch.Tensor | None = None) -> torch.Tensor:
+                       search_u: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
         """ŷ (N×3×H×W) for residuals r = c·y + √var·ε, patch by patch, optionally weighed by the
         blurry context u against the training level's blurry patches. `search_u`: the blurry
-        picture the context search of the approximate path uses (None: search by the query)."""
+        picture the approximate path's search may use or key its memo on; `step`: the timestep."""
         p = self.patch_sizes[scale]
         n, _, h, w = r.shape
         rp = self._pad(r, p)
         up = self._pad(u, p) if u is not None else None
         hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1     # patch positions
         cands = None
-        if (self.candidates is not None and self.search == "context" and search_u is not None
-                and self.candidates < getattr(self, f"keys_{scale}").shape[0]):
-            cands = self._context_candidates(self._pad(search_u, p), scale, hp, wp)
+        if self.candidates is not None and self.candidates < getattr(self, f"keys_{scale}").shape[0]:
+            sp = self._pad(search_u, p) if search_u is not None else None
+            if self.search == "context" and sp is not None:
+                cands = self._context_candidates(sp, scale, hp, wp)
+            else:
+                cands = self._query_candidates(rp, up, c, var, scale, step, sp)
         n_scores = self.candidates * 3 * p * p * (2 if u is not None else 1) if self.candidates else 0
         chunk = self.chunk if self.candidates else min(self.chunk, BLOCK_SCORES)
         per_block = max(1, chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
@@ -262,8 +287,8 @@ class PatchDenoiser(nn.Module):
                idx: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior-mean patches (or centre pixels) of a block of query rows (`idx`: their
         candidates, when already found)."""
-        if self.candidates is not None:
-            return self._block_candidates(q, uq, c, var, scale, idx)
+        if idx is not None:
+            return self._weigh(q, uq, c, var, scale, idx)
         # −‖q − c y‖²/(2σ²) = (c q·y − c²‖y‖²/2)/σ² + (terms of q alone, dropped by the softmax);
         # keys stored transposed and values contiguous so that neither is copied per block
         logits = torch.addmm(getattr(self, f"keysq_{scale}"), q, getattr(self, f"keysT_{scale}"),
@@ -293,9 +318,7 @@ class PatchDenoiser(nn.Module):
         k = self.candidates
         basis, mean = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
         red, rsq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
-        hk, wk = self.key_grid[scale]
         st = 1 if self.flips else self.search_stride          # mirrored keys break the shift rule
-        hs, ws = (hp + st - 1) // st, (wp + st - 1) // st
         per_block = max(1, self.chunk // red.shape[0])
         out = []
         for i in range(up.shape[0]):
@@ -303,38 +326,64 @@ class PatchDenoiser(nn.Module):
             # nearest blurry key: largest u·b − ‖b‖²/2 in the index's components
             idx = torch.cat([torch.addmm(rsq, (pat[j:j + per_block] - mean) @ basis, red.t(), beta=-1.0)
                              .topk(k, dim=1).indices for j in range(0, pat.shape[0], per_block)])
-            if st > 1:   # position (y, x) takes its grid parent's candidates moved by the same offset
-                yy = torch.arange(hp, device=up.device)
-                xx = torch.arange(wp, device=up.device)
-                parent = ((yy // st)[:, None] * ws + (xx // st)[None, :]).flatten()
-                dy = (yy % st)[:, None].expand(hp, wp).flatten()[:, None]
-                dx = (xx % st)[None, :].expand(hp, wp).flatten()[:, None]
-                idx = idx[parent]
-                ky = (idx // wk + dy).clamp_(max=hk - 1)
-                kx = (idx % wk + dx).clamp_(max=wk - 1)
-                idx = ky * wk + kx
-            out.append(idx.to(torch.int32))
+            out.append(self._spread(idx, scale, hp, wp, st).to(torch.int32))
         self._memo = (scale, up.clone(), out)
         return out
 
-    def _block_candidates(self, q, uq, c, var, scale: int, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact weights over `idx`, or over the `candidates` keys that score best in the
-        low-dimensional index."""
-        keys = getattr(self, f"keys_{scale}")
-        k = min(self.candidates, keys.shape[0])
-        if idx is not None:
-            return self._weigh(q, uq, c, var, scale, idx)
-        # The index: −‖P(q/c − μ) − P(y − μ)‖²·c²/(2σ²) [+ the same for the context], as a matmul.
+    def _spread(self, idx: torch.Tensor, scale: int, hp: int, wp: int, st: int) -> torch.Tensor:
+        """Candidates found on every `st`-th position → all hp×wp positions: (y, x) takes its grid
+        parent's candidates moved by the same offset (a patch one pixel on matches a key one pixel on)."""
+        if st == 1:
+            return idx
+        hk, wk = self.key_grid[scale]
+        ws = (wp + st - 1) // st
+        yy = torch.arange(hp, device=idx.device)
+        xx = torch.arange(wp, device=idx.device)
+        parent = ((yy // st)[:, None] * ws + (xx // st)[None, :]).flatten()
+        dy = (yy % st)[:, None].expand(hp, wp).flatten()[:, None]
+        dx = (xx % st)[None, :].expand(hp, wp).flatten()[:, None]
+        idx = idx[parent]
+        ky = (idx // wk + dy).clamp_(max=hk - 1)
+        kx = (idx % wk + dx).clamp_(max=wk - 1)
+        return ky * wk + kx
+
+    def _query_candidates(self, rp: torch.Tensor, up: torch.Tensor | None, c, var, scale: int, step,
+                          memo_key: torch.Tensor | None) -> list[torch.Tensor]:
+        """Per sample, (hp·wp)×k indices of the keys with the best logit computed in the index's
+        principal components (the sharp part for the residual, plus the context term when it is on),
+        searched on every `search_stride`-th position. With `refresh` > 1 and a blurry picture
+        (`memo_key`) the result is reused for the next refresh−1 steps of that scale and picture."""
+        if self.refresh > 1 and memo_key is not None and step is not None:
+            m = self._qmemo
+            if (m is not None and m[0] == scale and m[1].shape == memo_key.shape and m[1].device == memo_key.device
+                    and 0 < m[2] - step < self.refresh and torch.equal(m[1], memo_key)):
+                return m[3]
+        p = self.patch_sizes[scale]
+        hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1
+        k = self.candidates
+        st = 1 if self.flips else self.search_stride
         basis, mean = getattr(self, f"idx_basis_{scale}"), getattr(self, f"idx_mean_{scale}")
-        red, rsq = getattr(self, f"idx_keys_{scale}"), getattr(self, f"idx_sq_{scale}")
-        qr = (q - c * mean) @ basis
-        approx = torch.addmm(rsq, qr, red.t(), beta=-(c * c) / var, alpha=c / var)
-        if uq is not None:
-            tau2 = self.context_sigma ** 2
-            cb, cm = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
-            cred, csq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
-            approx += torch.addmm(csq, (uq - cm) @ cb, cred.t(), beta=-1.0 / tau2, alpha=1.0 / tau2)
-        return self._weigh(q, uq, c, var, scale, approx.topk(k, dim=1).indices)
+        redT, rsq = getattr(self, f"idx_keysT_{scale}"), getattr(self, f"idx_sqpad_{scale}")
+        per_block = max(1, self.chunk // redT.shape[1])
+        out = []
+        for i in range(rp.shape[0]):
+            pat = F.unfold(rp[i:i + 1], p, stride=st)[0].t()
+            upat = F.unfold(up[i:i + 1], p, stride=st)[0].t() if up is not None else None
+            blocks = []
+            for j in range(0, pat.shape[0], per_block):
+                # −‖P(q − cμ) − cP(y − μ)‖²/(2σ²) up to terms of q alone [+ the context's]
+                sc = torch.addmm(rsq, (pat[j:j + per_block] - c * mean) @ basis, redT, beta=-(c * c) / var,
+                                 alpha=c / var)
+                if upat is not None:
+                    tau2 = self.context_sigma ** 2
+                    cb, cm = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
+                    sc.addmm_((upat[j:j + per_block] - cm) @ cb, getattr(self, f"idxc_keysT_{scale}"), alpha=1.0 / tau2)
+                    sc.add_(getattr(self, f"idxc_sqpad_{scale}"), alpha=-1.0 / tau2)
+                blocks.append(_topk(sc, k))
+            out.append(self._spread(torch.cat(blocks), scale, hp, wp, st).to(torch.int32))
+        if self.refresh > 1 and memo_key is not None and step is not None:
+            self._qmemo = (scale, memo_key.clone(), step, out)
+        return out
 
     def _weigh(self, q, uq, c, var, scale: int, idx: torch.Tensor) -> torch.Tensor:
         """The posterior over the candidate keys `idx` (Q×k) of each query: exact logits, softmax, mean."""

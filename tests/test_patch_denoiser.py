@@ -200,7 +200,7 @@ def test_approximate_path(pyramid, schedule):
                                    atol=1e-5, rtol=0)
     # few candidates: near t = 0 the posterior of a noised picture like the training one sits on a
     # handful of patches, which the index finds
-    few = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, candidates=8)
+    few = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, candidates=8, search_stride=1)
     t = 3
     g = torch.Generator().manual_seed(5)
     clean = pyramid.level_tensor(1)[None, :, 1:10].flip(-1).repeat(2, 1, 1, 1)
@@ -265,7 +265,50 @@ def test_scale_not_served(pyramid, schedule):
         pd(torch.zeros(1, 3, 5, 5), torch.tensor([3]), 0)
 
 
-# -- the context search (approximate path's default at the finer scales) ---------------------------
+# -- the approximate path's searches ----------------------------------------------------------------
+
+def test_grouped_topk_is_exact():
+    from sinddm.patch_denoiser import _topk
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(300, 64 * 40, generator=g)
+    scores[:, -5:] = float("-inf")                      # padding columns
+    for k in (1, 5, 9):
+        got = torch.sort(_topk(scores, k, group=64), 1).values
+        assert torch.equal(got, torch.sort(scores.topk(k, dim=1).indices, 1).values)
+
+
+def test_query_search_in_all_dimensions_weighs_the_best_keys(pyramid, schedule):
+    """Index in all 27 dimensions, search at every position: the candidates are the k keys of
+    largest exact logit, so ŷ is the posterior renormalised over them (checked against k = all)."""
+    x, xb = _inputs(n=1)
+    t = 30
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=6, search_stride=1, index_dims=27)
+    rp = pd._pad(x, 3)
+    cands = pd._query_candidates(rp, None, float(schedule.sqrt_alphas_cumprod[t]),
+                                 float(schedule.sqrt_one_minus_alphas_cumprod[t]) ** 2, 0, t, None)[0].long()
+    from sinddm.patch_denoiser import _patches
+    a = float(schedule.sqrt_alphas_cumprod[t])
+    sig2 = float(schedule.sqrt_one_minus_alphas_cumprod[t]) ** 2
+    q = _patches(rp[0], 3).double()
+    logits = -((q[:, None] - a * pd.keys_0.double()[None]) ** 2).sum(-1) / (2 * sig2)
+    assert torch.equal(torch.sort(cands, 1).values, torch.sort(logits.topk(6, 1).indices, 1).values)
+
+
+def test_query_search_refresh_reuses_candidates_within_a_scale(pyramid, schedule, monkeypatch):
+    x, xb = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, refresh=3)
+    searches = []
+    real = pd._query_candidates.__func__
+    monkeypatch.setattr(pd, "_query_candidates", lambda *a: searches.append(a[5]) or real(pd, *a))
+    for t in (20, 19, 18, 17, 16):
+        pd(x, torch.full((2,), t), 1, blurry=xb, gamma=0.3)
+    assert searches == [20, 19, 18, 17, 16]
+    assert pd._qmemo[2] == 17                                         # searched at 20 and 17 only
+    pd(x, torch.full((2,), 15), 1, blurry=xb.flip(-1), gamma=0.3)     # another picture: searched
+    assert pd._qmemo[2] == 15
+
+
+# -- the context search (candidates from the blurry picture; measured worse, not the default) -------
 
 def _nearest_blurry(pd, u, scale, k):
     """Brute force: per position of the padded blurry picture, the k keys with the nearest blurry patch."""
@@ -291,7 +334,7 @@ def test_context_path_weighs_its_candidates_exactly(pyramid, schedule):
     """ŷ at each pixel is the float64 posterior mean over that position's candidates (centre merge)."""
     from sinddm.patch_denoiser import _patches
     x, xb = _inputs(n=1)
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5)
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
     t, gamma = 12, 0.3
     eps = pd(x, torch.tensor([t]), 1, blurry=xb, gamma=gamma)
     y_hat = _x0(schedule, x, t, eps, xb, gamma).double()
@@ -320,7 +363,7 @@ def test_stride_hands_shifted_candidates_to_the_positions_between(pyramid, sched
 
 def test_context_search_is_memoised_per_blurry_picture(pyramid, schedule, monkeypatch):
     x, xb = _inputs()
-    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5)
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
     calls = []
     real = torch.Tensor.topk
     monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
@@ -330,7 +373,7 @@ def test_context_search_is_memoised_per_blurry_picture(pyramid, schedule, monkey
     assert n_first > 0 and len(calls) == n_first                       # a scale's later steps: no search
     pd(x, torch.full((2,), 19), 1, blurry=xb.flip(-1), gamma=0.3)
     assert len(calls) > n_first                                        # another picture: searched anew
-    fresh = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5)
+    fresh = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
     torch.testing.assert_close(again, fresh(x, torch.full((2,), 19), 1, blurry=xb, gamma=0.3))
     assert first.shape == again.shape
 
@@ -341,7 +384,8 @@ def test_context_path_near_the_training_picture_is_close_to_exact(pyramid, sched
     whose repeated-edge patches are no training patch; the test's "blurry" level is white noise, so
     the search runs at every position, in all dimensions)."""
     exact = PatchDenoiser(pyramid, schedule, patch_size=3)
-    approx = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=8, search_stride=1, index_dims=27)
+    approx = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=8, search_stride=1, index_dims=27,
+                           search="context")
     g = torch.Generator().manual_seed(5)
     clean = pyramid.level_tensor(1)[None, :, 1:10].repeat(2, 1, 1, 1)
     xb = pyramid.blurry_tensor(1)[None, :, 1:10].repeat(2, 1, 1, 1)
