@@ -76,12 +76,14 @@ class PatchDenoiser(nn.Module):
     `merge`: "centre" (each pixel from the patch centred on it; borders padded by repeating the
     edge; measured better and faster) or "mean" (average of the overlapping patch estimates). `circular`: on a torus (patches
     wrap; `--tileable`). `flips`: also use the left-right mirrored training patches.
-    `search` (approximate path): "context" finds each query's candidates once per blurry picture
-    (the k training patches whose blurry version is nearest the query's blurry patch; memoised, so
-    the steps of one scale reuse them) wherever the sampler gives x̃ with γ > 0, and falls back to
-    "query" elsewhere; "query" ranks every key by the low-dimensional logit at every call.
-    `search_stride`: the context search runs on every `search_stride`-th position in each direction
-    and hands its candidates, shifted, to the positions in between (1: every position).
+    `search` (approximate path): "query" (default) scores every key by the logit computed in the
+    index's principal components and keeps the k best (exact top-k via group maxima); "context" takes
+    the k training patches whose blurry version is nearest the query's blurry patch, found once per
+    blurry picture (memoised: a scale's steps share it) wherever the sampler gives x̃ with γ > 0,
+    else falls back to "query". `search_stride`: search every `search_stride`-th position in each
+    direction and hand the candidates, shifted, to the positions in between (1: every position).
+    `refresh`: reuse a query search for this many steps of one scale and blurry picture. Stride and
+    refresh above 1 are not translation-equivariant (tiles then differ from the whole picture).
     """
 
     takes_blurry = True
