@@ -5,7 +5,8 @@
     OMP_NUM_THREADS=1 python benchmarks/patch_denoiser.py timing
 
 `quality`: the shipped hubble-small model's network serves scales s < K, a `PatchDenoiser` the rest
-(config keys: K, p, tau (context_sigma, "none"), merge, k (candidates), flips, p0 (scale 0's patch)).
+(config keys: K, p, tau (context_sigma, "none"), merge, k (candidates), flips, p0 (scale 0's patch),
+search (query/context), st (search_stride), rf (refresh); unset keys: p=7, mean merge, as in the 2026-12-06 runs).
 Samples are drawn with `samplers.sample_pyramid` (seeded) up to scale `--upto` and compared with
 that pyramid level: patch SWD, pixel diversity and the copy measure (mean coherent-region size);
 the "net" config is the fully trained model. `timing`: seconds per denoiser call, exact against
@@ -82,12 +83,12 @@ if "takes_blurry" not in inspect.getsource(samplers.sample_blended):
 
 
 def parse(spec: str) -> dict:
-    cfg = dict(K=99, p=7, tau=None, merge="mean", k=None, flips=False, p0=None, name=spec)
+    cfg = dict(K=99, p=7, tau=None, merge="mean", k=None, flips=False, p0=None, search="query", st=2, rf=1, name=spec)
     if spec == "net":
         return cfg
     for item in spec.split(","):
         key, val = item.split("=")
-        if key in ("K", "p", "k", "p0"):
+        if key in ("K", "p", "k", "p0", "st", "rf", "t0"):
             cfg[key] = None if val == "none" else int(val)
         elif key == "tau":
             cfg[key] = None if val == "none" else float(val)
@@ -105,7 +106,8 @@ def build(loaded, cfg, upto):
     scales = list(range(cfg["K"], n))
     sizes = [cfg["p0"] if (s == 0 and cfg["p0"]) else cfg["p"] for s in range(n)]
     pd = PatchDenoiser(loaded.pyramid, loaded.schedule, scales=scales, patch_size=sizes,
-                       context_sigma=cfg["tau"], candidates=cfg["k"], merge=cfg["merge"], flips=cfg["flips"])
+                       context_sigma=cfg["tau"], candidates=cfg["k"], merge=cfg["merge"], flips=cfg["flips"],
+                       search=cfg["search"], search_stride=cfg["st"], refresh=cfg["rf"])
     return Router(loaded.model, pd, cfg["K"])
 
 

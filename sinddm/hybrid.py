@@ -17,6 +17,11 @@ from .pyramid import Pyramid
 from .schedule import Schedule
 from .tiling import receptive_radius
 
+# The patch denoiser's settings for models built here (docs/method.md §11.8). The exact posterior
+# stays the default: the approximate settings measured so far either lose quality on full samples
+# or break exact tiling (a search grid or a refresh schedule is not translation-equivariant).
+PATCH_SETTINGS: dict = {}
+
 # Width used for memory estimates (batch size, tiling) when there is no network: the patch
 # denoiser's live tensors per pixel are about those of a network this wide.
 PATCH_ONLY_DIM = 64
@@ -71,5 +76,5 @@ def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config,
         raise UserError(f"{source}: {e}") from None
     if k == pyramid.n_scales:
         return network
-    patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales))
+    patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales), **PATCH_SETTINGS)
     return HybridDenoiser(network if k > 0 else None, patches, k)

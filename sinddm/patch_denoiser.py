@@ -27,9 +27,13 @@ from .pyramid import Pyramid
 from .schedule import Schedule
 
 DEFAULT_PATCH = 5                # measured best of 5/7/9 at the finer scales (method §11.7)
-DEFAULT_CHUNK = 1 << 24          # scores (query × key floats, 64 MB) held at once
+DEFAULT_CHUNK = 1 << 24          # scores (query × key floats, 64 MB) held at once, at most
+BLOCK_SCORES = 1 << 22           # exact path: scores per block (16 MB), measured faster than 64 MB
 INDEX_DIMS = 16                  # principal components of the candidate index (approximate path)
 MERGES = ("mean", "centre")
+SEARCHES = ("query", "context")
+SEARCH_STRIDE = 2                # one search per 2×2 query positions, its candidates shifted to the rest
+GROUP = 64                       # exact top-k via the maxima of groups of this many keys
 
 
 def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, int]:
@@ -42,6 +46,19 @@ def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, 
         return {s: int(v) for s, v in zip(scales, value)}
     raise UserError(f"{name}: give one number, one per pyramid scale ({n_scales}) or one per entry of "
                     f"scales ({len(scales)}); got {len(value)}")
+
+
+def _topk(scores: torch.Tensor, k: int, group: int = GROUP) -> torch.Tensor:
+    """Indices of the k largest scores of each row, exactly, via the rows' group maxima: the k best
+    lie in the k groups of `group` columns with the largest maxima (a group holding one of them has
+    a maximum at least that good, and at most k−1 other groups can beat it). The width must be a
+    whole number of groups."""
+    q, n = scores.shape
+    if k * group * 4 > n:
+        return scores.topk(k, dim=1).indices
+    best = scores.view(q, n // group, group).amax(2).topk(k, dim=1).indices       # q×k groups
+    cols = (best[:, :, None] * group + torch.arange(group, device=scores.device)).view(q, k * group)
+    return cols.gather(1, scores.gather(1, cols).topk(k, dim=1).indices)
 
 
 def _patches(img: torch.Tensor, p: int) -> torch.Tensor:
@@ -59,6 +76,14 @@ class PatchDenoiser(nn.Module):
     `merge`: "centre" (each pixel from the patch centred on it; borders padded by repeating the
     edge; measured better and faster) or "mean" (average of the overlapping patch estimates). `circular`: on a torus (patches
     wrap; `--tileable`). `flips`: also use the left-right mirrored training patches.
+    `search` (approximate path): "query" (default) scores every key by the logit computed in the
+    index's principal components and keeps the k best (exact top-k via group maxima); "context" takes
+    the k training patches whose blurry version is nearest the query's blurry patch, found once per
+    blurry picture (memoised: a scale's steps share it) wherever the sampler gives x̃ with γ > 0,
+    else falls back to "query". `search_stride`: search every `search_stride`-th position in each
+    direction and hand the candidates, shifted, to the positions in between (1: every position).
+    `refresh`: reuse a query search for this many steps of one scale and blurry picture. Stride and
+    refresh above 1 are not translation-equivariant (tiles then differ from the whole picture).
     """
 
     takes_blurry = True
@@ -66,7 +91,8 @@ class PatchDenoiser(nn.Module):
     def __init__(self, pyramid: Pyramid, schedule: Schedule, scales: Sequence[int] | None = None,
                  patch_size: int | Sequence[int] = DEFAULT_PATCH, context_sigma: float | None = None,
                  candidates: int | None = None, chunk: int = DEFAULT_CHUNK, merge: str = "centre",
-                 circular: bool = False, flips: bool = False, index_dims: int = INDEX_DIMS):
+                 circular: bool = False, flips: bool = False, index_dims: int = INDEX_DIMS,
+                 search: str = "query", search_stride: int = SEARCH_STRIDE, refresh: int = 1):
         super().__init__()
         n = pyramid.n_scales
         scales = list(range(n)) if scales is None else [int(s) for s in scales]
@@ -88,6 +114,15 @@ class PatchDenoiser(nn.Module):
             raise UserError(f"chunk must be >= 1, got {chunk}")
         if merge not in MERGES:
             raise UserError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        if search not in SEARCHES:
+            raise UserError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+        if isinstance(search_stride, bool) or not isinstance(search_stride, int) or search_stride < 1:
+            raise UserError(f"search_stride must be a whole number >= 1, got {search_stride!r}")
+        if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
+            raise UserError(f"refresh must be a whole number >= 1, got {refresh!r}")
+        self.search, self.search_stride, self.refresh = search, search_stride, refresh
+        self._memo = None        # (scale, padded blurry batch, candidates per sample): context search
+        self._qmemo = None       # (scale, padded blurry batch, t searched at, candidates): query search
         self.scales, self.patch_sizes = scales, sizes
         self.context_sigma, self.candidates, self.chunk = context_sigma, candidates, int(chunk)
         self.merge, self.circular, self.flips = merge, circular, flips
@@ -102,15 +137,20 @@ class PatchDenoiser(nn.Module):
             y, b = pyramid.level_tensor(s), pyramid.blurry_tensor(s)
             if flips:
                 y, b = torch.cat([y, y.flip(-1)], -1), torch.cat([b, b.flip(-1)], -1)
+            self.key_grid = getattr(self, "key_grid", {})
+            self.key_grid[s] = (y.shape[-2] - p + 1, y.shape[-1] - p + 1)
             keys = _patches(y, p)
             if flips:   # drop the patches that straddle the seam between the picture and its mirror
                 keys = self._unseam(keys, y.shape[-1] // 2, p)
             self.register_buffer(f"keys_{s}", keys)
+            self.register_buffer(f"keysT_{s}", keys.t().contiguous(), persistent=False)
             self.register_buffer(f"keysq_{s}", 0.5 * (keys ** 2).sum(1))
+            self.register_buffer(f"vals_{s}", self._values(s, keys).contiguous(), persistent=False)
             if s > 0:
                 ctx = _patches(b, p)
                 ctx = self._unseam(ctx, b.shape[-1] // 2, p) if flips else ctx
                 self.register_buffer(f"ctx_{s}", ctx)
+                self.register_buffer(f"ctxT_{s}", ctx.t().contiguous(), persistent=False)
                 self.register_buffer(f"ctxsq_{s}", 0.5 * (ctx ** 2).sum(1))
             if candidates is not None:
                 self._build_index(s, keys, ctx if s > 0 else None, index_dims)
@@ -136,6 +176,11 @@ class PatchDenoiser(nn.Module):
             self.register_buffer(f"{name}_mean_{s}", mean)
             self.register_buffer(f"{name}_keys_{s}", red)
             self.register_buffer(f"{name}_sq_{s}", 0.5 * (red ** 2).sum(1))
+            # the same padded to whole groups of GROUP keys (the pads score −inf) for `_topk`
+            n_pad = -red.shape[0] % GROUP
+            self.register_buffer(f"{name}_keysT_{s}", F.pad(red.t(), (0, n_pad)).contiguous(), persistent=False)
+            self.register_buffer(f"{name}_sqpad_{s}", F.pad(0.5 * (red ** 2).sum(1), (0, n_pad), value=float("inf")),
+                                 persistent=False)
 
     # -- geometry -----------------------------------------------------------------------------
 
@@ -187,20 +232,30 @@ class PatchDenoiser(nn.Module):
             r = xs - a * g * u if u is not None else xs
             c = a * (1 - g)
             y_hat = self.posterior_mean(r, c, sigma * sigma, scale, u if self.context_sigma is not None and scale > 0
-                                        else None)
+                                        else None, search_u=u if scale > 0 else None, step=tv)
             out[sel] = (r - c * y_hat) / sigma
         return out
 
-    def posterior_mean(self, r: torch.Tensor, c, var, scale: int, u: torch.Tensor | None = None) -> torch.Tensor:
+    def posterior_mean(self, r: torch.Tensor, c, var, scale: int, u: torch.Tensor | None = None,
+                       search_u: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
         """ŷ (N×3×H×W) for residuals r = c·y + √var·ε, patch by patch, optionally weighed by the
-        blurry context u against the training level's blurry patches."""
+        blurry context u against the training level's blurry patches. `search_u`: the blurry
+        picture the approximate path's search may use or key its memo on; `step`: the timestep."""
         p = self.patch_sizes[scale]
         n, _, h, w = r.shape
         rp = self._pad(r, p)
         up = self._pad(u, p) if u is not None else None
         hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1     # patch positions
+        cands = None
+        if self.candidates is not None and self.candidates < getattr(self, f"keys_{scale}").shape[0]:
+            sp = self._pad(search_u, p) if search_u is not None else None
+            if self.search == "context" and sp is not None:
+                cands = self._context_candidates(sp, scale, hp, wp)
+            else:
+                cands = self._query_candidates(rp, up, c, var, scale, step, sp)
         n_scores = self.candidates * 3 * p * p * (2 if u is not None else 1) if self.candidates else 0
-        per_block = max(1, self.chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
+        chunk = self.chunk if self.candidates else min(self.chunk, BLOCK_SCORES)
+        per_block = max(1, chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
         rows = max(1, per_block // wp)
         if self.merge == "mean":
             acc = r.new_zeros((n, 3, rp.shape[-2], rp.shape[-1]))
@@ -211,8 +266,11 @@ class PatchDenoiser(nn.Module):
                 r1 = min(hp, r0 + rows)
                 q = _patches(rp[i, :, r0:r1 + p - 1], p)
                 uq = _patches(up[i, :, r0:r1 + p - 1], p) if up is not None else None
+                base = r0 * wp
                 est = torch.cat([self._block(q[k:k + per_block], uq[k:k + per_block] if uq is not None else None,
-                                             c, var, scale) for k in range(0, q.shape[0], per_block)])
+                                             c, var, scale, None if cands is None else
+                                             cands[i][base + k:base + min(k + per_block, q.shape[0])].long())
+                                 for k in range(0, q.shape[0], per_block)])
                 if self.merge == "mean":
                     acc[i, :, r0:r1 + p - 1] += F.fold(est.t()[None], (r1 - r0 + p - 1, rp.shape[-1]), p)[0]
                 else:
@@ -227,20 +285,21 @@ class PatchDenoiser(nn.Module):
         count = F.fold(F.unfold(r.new_ones((1, 1, h, w)), p), (h, w), p)
         return acc / count
 
-    def _block(self, q: torch.Tensor, uq: torch.Tensor | None, c, var, scale: int) -> torch.Tensor:
-        """Posterior-mean patches (or centre pixels) of a block of query rows."""
-        keys = getattr(self, f"keys_{scale}")
-        ksq = getattr(self, f"keysq_{scale}")
-        tau2 = self.context_sigma ** 2 if uq is not None else None
-        if self.candidates is not None:
-            return self._block_candidates(q, uq, c, var, scale)
-        # −‖q − c y‖²/(2σ²) = (c q·y − c²‖y‖²/2)/σ² + (terms of q alone, dropped by the softmax)
-        logits = torch.addmm(ksq, q, keys.t(), beta=-(c * c) / var, alpha=c / var)
+    def _block(self, q: torch.Tensor, uq: torch.Tensor | None, c, var, scale: int,
+               idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior-mean patches (or centre pixels) of a block of query rows (`idx`: their
+        candidates, when already found)."""
+        if idx is not None:
+            return self._weigh(q, uq, c, var, scale, idx)
+        # −‖q − c y‖²/(2σ²) = (c q·y − c²‖y‖²/2)/σ² + (terms of q alone, dropped by the softmax);
+        # keys stored transposed and values contiguous so that neither is copied per block
+        logits = torch.addmm(getattr(self, f"keysq_{scale}"), q, getattr(self, f"keysT_{scale}"),
+                             beta=-(c * c) / var, alpha=c / var)
         if uq is not None:
-            ctx, csq = getattr(self, f"ctx_{scale}"), getattr(self, f"ctxsq_{scale}")
-            logits += torch.addmm(csq, uq, ctx.t(), beta=-1.0 / tau2, alpha=1.0 / tau2)
-        wts = torch.softmax(logits, dim=1)
-        return wts @ self._values(scale, keys)
+            tau2 = self.context_sigma ** 2
+            logits.addmm_(uq, getattr(self, f"ctxT_{scale}"), alpha=1.0 / tau2)
+            logits.add_(getattr(self, f"ctxsq_{scale}"), alpha=-1.0 / tau2)
+        return torch.softmax(logits, dim=1) @ getattr(self, f"vals_{scale}")
 
     def _values(self, scale: int, keys: torch.Tensor) -> torch.Tensor:
         if self.merge == "mean":
@@ -249,21 +308,88 @@ class PatchDenoiser(nn.Module):
         centre = (p // 2) * p + p // 2
         return keys[:, centre::p * p]        # channel-major rows: the centre pixel's 3 values
 
-    def _block_candidates(self, q, uq, c, var, scale: int) -> torch.Tensor:
-        """Exact weights over the `candidates` keys that score best in the low-dimensional index."""
-        keys = getattr(self, f"keys_{scale}")
-        k = min(self.candidates, keys.shape[0])
-        # The index: −‖P(q/c − μ) − P(y − μ)‖²·c²/(2σ²) [+ the same for the context], as a matmul.
+    def _context_candidates(self, up: torch.Tensor, scale: int, hp: int, wp: int) -> list[torch.Tensor]:
+        """Per sample, the (hp·wp)×k indices of the keys whose blurry patch is nearest (in the index's
+        principal components) the blurry patch of each position of `up` (padded as the queries).
+        A function of `up` alone, so memoised: a scale's steps share one search."""
+        memo = self._memo
+        if (memo is not None and memo[0] == scale and memo[1].shape == up.shape and memo[1].device == up.device
+                and torch.equal(memo[1], up)):
+            return memo[2]
+        p = self.patch_sizes[scale]
+        k = self.candidates
+        basis, mean = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
+        red, rsq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
+        st = 1 if self.flips else self.search_stride          # mirrored keys break the shift rule
+        per_block = max(1, self.chunk // red.shape[0])
+        out = []
+        for i in range(up.shape[0]):
+            pat = F.unfold(up[i:i + 1], p, stride=st)[0].t()         # (hs·ws)×D
+            # nearest blurry key: largest u·b − ‖b‖²/2 in the index's components
+            idx = torch.cat([torch.addmm(rsq, (pat[j:j + per_block] - mean) @ basis, red.t(), beta=-1.0)
+                             .topk(k, dim=1).indices for j in range(0, pat.shape[0], per_block)])
+            out.append(self._spread(idx, scale, hp, wp, st).to(torch.int32))
+        self._memo = (scale, up.clone(), out)
+        return out
+
+    def _spread(self, idx: torch.Tensor, scale: int, hp: int, wp: int, st: int) -> torch.Tensor:
+        """Candidates found on every `st`-th position → all hp×wp positions: (y, x) takes its grid
+        parent's candidates moved by the same offset (a patch one pixel on matches a key one pixel on)."""
+        if st == 1:
+            return idx
+        hk, wk = self.key_grid[scale]
+        ws = (wp + st - 1) // st
+        yy = torch.arange(hp, device=idx.device)
+        xx = torch.arange(wp, device=idx.device)
+        parent = ((yy // st)[:, None] * ws + (xx // st)[None, :]).flatten()
+        dy = (yy % st)[:, None].expand(hp, wp).flatten()[:, None]
+        dx = (xx % st)[None, :].expand(hp, wp).flatten()[:, None]
+        idx = idx[parent]
+        ky = (idx // wk + dy).clamp_(max=hk - 1)
+        kx = (idx % wk + dx).clamp_(max=wk - 1)
+        return ky * wk + kx
+
+    def _query_candidates(self, rp: torch.Tensor, up: torch.Tensor | None, c, var, scale: int, step,
+                          memo_key: torch.Tensor | None) -> list[torch.Tensor]:
+        """Per sample, (hp·wp)×k indices of the keys with the best logit computed in the index's
+        principal components (the sharp part for the residual, plus the context term when it is on),
+        searched on every `search_stride`-th position. With `refresh` > 1 and a blurry picture
+        (`memo_key`) the result is reused for the next refresh−1 steps of that scale and picture."""
+        if self.refresh > 1 and memo_key is not None and step is not None:
+            m = self._qmemo
+            if (m is not None and m[0] == scale and m[1].shape == memo_key.shape and m[1].device == memo_key.device
+                    and 0 < m[2] - step < self.refresh and torch.equal(m[1], memo_key)):
+                return m[3]
+        p = self.patch_sizes[scale]
+        hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1
+        k = self.candidates
+        st = 1 if self.flips else self.search_stride
         basis, mean = getattr(self, f"idx_basis_{scale}"), getattr(self, f"idx_mean_{scale}")
-        red, rsq = getattr(self, f"idx_keys_{scale}"), getattr(self, f"idx_sq_{scale}")
-        qr = (q - c * mean) @ basis
-        approx = torch.addmm(rsq, qr, red.t(), beta=-(c * c) / var, alpha=c / var)
-        if uq is not None:
-            tau2 = self.context_sigma ** 2
-            cb, cm = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
-            cred, csq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
-            approx += torch.addmm(csq, (uq - cm) @ cb, cred.t(), beta=-1.0 / tau2, alpha=1.0 / tau2)
-        idx = approx.topk(k, dim=1).indices                      # Q×k
+        redT, rsq = getattr(self, f"idx_keysT_{scale}"), getattr(self, f"idx_sqpad_{scale}")
+        per_block = max(1, self.chunk // redT.shape[1])
+        out = []
+        for i in range(rp.shape[0]):
+            pat = F.unfold(rp[i:i + 1], p, stride=st)[0].t()
+            upat = F.unfold(up[i:i + 1], p, stride=st)[0].t() if up is not None else None
+            blocks = []
+            for j in range(0, pat.shape[0], per_block):
+                # −‖P(q − cμ) − cP(y − μ)‖²/(2σ²) up to terms of q alone [+ the context's]
+                sc = torch.addmm(rsq, (pat[j:j + per_block] - c * mean) @ basis, redT, beta=-(c * c) / var,
+                                 alpha=c / var)
+                if upat is not None:
+                    tau2 = self.context_sigma ** 2
+                    cb, cm = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
+                    sc.addmm_((upat[j:j + per_block] - cm) @ cb, getattr(self, f"idxc_keysT_{scale}"), alpha=1.0 / tau2)
+                    sc.add_(getattr(self, f"idxc_sqpad_{scale}"), alpha=-1.0 / tau2)
+                blocks.append(_topk(sc, k))
+            out.append(self._spread(torch.cat(blocks), scale, hp, wp, st).to(torch.int32))
+        if self.refresh > 1 and memo_key is not None and step is not None:
+            self._qmemo = (scale, memo_key.clone(), step, out)
+        return out
+
+    def _weigh(self, q, uq, c, var, scale: int, idx: torch.Tensor) -> torch.Tensor:
+        """The posterior over the candidate keys `idx` (Q×k) of each query: exact logits, softmax, mean."""
+        keys = getattr(self, f"keys_{scale}")
         cand = keys[idx]                                         # Q×k×D
         logits = (c / var) * torch.einsum("qd,qkd->qk", q, cand) - (c * c / var) * getattr(self, f"keysq_{scale}")[idx]
         if uq is not None:
@@ -271,5 +397,5 @@ class PatchDenoiser(nn.Module):
             cctx = getattr(self, f"ctx_{scale}")[idx]
             logits += (torch.einsum("qd,qkd->qk", uq, cctx) - getattr(self, f"ctxsq_{scale}")[idx]) / tau2
         wts = torch.softmax(logits, dim=1)
-        vals = self._values(scale, keys)[idx]                    # Q×k×D (or Q×k×3)
+        vals = getattr(self, f"vals_{scale}")[idx]                    # Q×k×D (or Q×k×3)
         return torch.einsum("qk,qkd->qd", wts, vals)

@@ -200,7 +200,7 @@ def test_approximate_path(pyramid, schedule):
                                    atol=1e-5, rtol=0)
     # few candidates: near t = 0 the posterior of a noised picture like the training one sits on a
     # handful of patches, which the index finds
-    few = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, candidates=8)
+    few = PatchDenoiser(pyramid, schedule, merge="mean", patch_size=3, candidates=8, search_stride=1)
     t = 3
     g = torch.Generator().manual_seed(5)
     clean = pyramid.level_tensor(1)[None, :, 1:10].flip(-1).repeat(2, 1, 1, 1)
@@ -263,3 +263,147 @@ def test_scale_not_served(pyramid, schedule):
     pd = PatchDenoiser(pyramid, schedule, scales=[1], patch_size=3)
     with pytest.raises(UserError, match="scale 0"):
         pd(torch.zeros(1, 3, 5, 5), torch.tensor([3]), 0)
+
+
+# -- the approximate path's searches ----------------------------------------------------------------
+
+def test_grouped_topk_is_exact():
+    from sinddm.patch_denoiser import _topk
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(300, 64 * 40, generator=g)
+    scores[:, -5:] = float("-inf")                      # padding columns
+    for k in (1, 5, 9):
+        got = torch.sort(_topk(scores, k, group=64), 1).values
+        assert torch.equal(got, torch.sort(scores.topk(k, dim=1).indices, 1).values)
+
+
+def test_query_search_in_all_dimensions_weighs_the_best_keys(pyramid, schedule):
+    """Index in all 27 dimensions, search at every position: the candidates are the k keys of
+    largest exact logit, so ŷ is the posterior renormalised over them (checked against k = all)."""
+    x, xb = _inputs(n=1)
+    t = 30
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=6, search_stride=1, index_dims=27)
+    rp = pd._pad(x, 3)
+    cands = pd._query_candidates(rp, None, float(schedule.sqrt_alphas_cumprod[t]),
+                                 float(schedule.sqrt_one_minus_alphas_cumprod[t]) ** 2, 0, t, None)[0].long()
+    from sinddm.patch_denoiser import _patches
+    a = float(schedule.sqrt_alphas_cumprod[t])
+    sig2 = float(schedule.sqrt_one_minus_alphas_cumprod[t]) ** 2
+    q = _patches(rp[0], 3).double()
+    logits = -((q[:, None] - a * pd.keys_0.double()[None]) ** 2).sum(-1) / (2 * sig2)
+    assert torch.equal(torch.sort(cands, 1).values, torch.sort(logits.topk(6, 1).indices, 1).values)
+
+
+def test_query_search_refresh_reuses_candidates_within_a_scale(pyramid, schedule, monkeypatch):
+    x, xb = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, refresh=3)
+    searches = []
+    real = pd._query_candidates.__func__
+    monkeypatch.setattr(pd, "_query_candidates", lambda *a: searches.append(a[5]) or real(pd, *a))
+    for t in (20, 19, 18, 17, 16):
+        pd(x, torch.full((2,), t), 1, blurry=xb, gamma=0.3)
+    assert searches == [20, 19, 18, 17, 16]
+    assert pd._qmemo[2] == 17                                         # searched at 20 and 17 only
+    pd(x, torch.full((2,), 15), 1, blurry=xb.flip(-1), gamma=0.3)     # another picture: searched
+    assert pd._qmemo[2] == 15
+
+
+# -- the context search (candidates from the blurry picture; measured worse, not the default) -------
+
+def _nearest_blurry(pd, u, scale, k):
+    """Brute force: per position of the padded blurry picture, the k keys with the nearest blurry patch."""
+    from sinddm.patch_denoiser import _patches
+    p = pd.patch_sizes[scale]
+    pat = _patches(pd._pad(u, p)[0], p).double()
+    ctx = pd.ctx_1.double()
+    d = torch.cdist(pat, ctx)
+    return d.topk(k, dim=1, largest=False).indices
+
+
+def test_context_search_finds_the_nearest_blurry_patches(pyramid, schedule):
+    x, xb = _inputs(n=1)
+    # index in all 27 dimensions and a search at every position: the exact k nearest
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=6, search_stride=1, index_dims=27)
+    p = 3
+    cands = pd._context_candidates(pd._pad(xb, p), 1, 9, 11)[0].long()
+    ref = _nearest_blurry(pd, xb, 1, 6)
+    assert torch.equal(torch.sort(cands, 1).values, torch.sort(ref, 1).values)
+
+
+def test_context_path_weighs_its_candidates_exactly(pyramid, schedule):
+    """ŷ at each pixel is the float64 posterior mean over that position's candidates (centre merge)."""
+    from sinddm.patch_denoiser import _patches
+    x, xb = _inputs(n=1)
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
+    t, gamma = 12, 0.3
+    eps = pd(x, torch.tensor([t]), 1, blurry=xb, gamma=gamma)
+    y_hat = _x0(schedule, x, t, eps, xb, gamma).double()
+    a = float(schedule.sqrt_alphas_cumprod[t])
+    sig = float(schedule.sqrt_one_minus_alphas_cumprod[t])
+    r = (x - a * gamma * xb).double()
+    c = a * (1 - gamma)
+    q = _patches(pd._pad(r, 3)[0], 3)
+    cands = pd._context_candidates(pd._pad(xb, 3), 1, 9, 11)[0].long()
+    keys = pd.keys_1.double()[cands]                                # Q×k×D
+    logits = -((q[:, None] - c * keys) ** 2).sum(-1) / (2 * sig ** 2)
+    ref = (torch.softmax(logits, 1)[..., None] * keys[..., 4::9]).sum(1)   # centre pixel of a 3×3 patch
+    torch.testing.assert_close(y_hat[0].flatten(1).t(), ref, atol=1e-4, rtol=0)
+
+
+def test_stride_hands_shifted_candidates_to_the_positions_between(pyramid, schedule):
+    x, xb = _inputs(n=1)
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=4, search_stride=2)
+    hk, wk = pd.key_grid[1]
+    cands = pd._context_candidates(pd._pad(xb, 3), 1, 9, 11)[0].long().view(9, 11, 4)
+    parent = cands[0::2, 0::2]
+    right = cands[0::2, 1::2]
+    ky, kx = parent[:, :5] // wk, parent[:, :5] % wk
+    assert torch.equal(right, ky * wk + (kx + 1).clamp(max=wk - 1))
+
+
+def test_context_search_is_memoised_per_blurry_picture(pyramid, schedule, monkeypatch):
+    x, xb = _inputs()
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
+    calls = []
+    real = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    first = pd(x, torch.full((2,), 20), 1, blurry=xb, gamma=0.3)
+    n_first = len(calls)
+    again = pd(x, torch.full((2,), 19), 1, blurry=xb, gamma=0.3)
+    assert n_first > 0 and len(calls) == n_first                       # a scale's later steps: no search
+    pd(x, torch.full((2,), 19), 1, blurry=xb.flip(-1), gamma=0.3)
+    assert len(calls) > n_first                                        # another picture: searched anew
+    fresh = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
+    torch.testing.assert_close(again, fresh(x, torch.full((2,), 19), 1, blurry=xb, gamma=0.3))
+    assert first.shape == again.shape
+
+
+def test_context_path_near_the_training_picture_is_close_to_exact(pyramid, schedule):
+    """A noised crop of the training level with its own blurry crop: the candidates hold the true
+    patches, so near t = 0 the approximate posterior matches the exact one (away from the border,
+    whose repeated-edge patches are no training patch; the test's "blurry" level is white noise, so
+    the search runs at every position, in all dimensions)."""
+    exact = PatchDenoiser(pyramid, schedule, patch_size=3)
+    approx = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=8, search_stride=1, index_dims=27,
+                           search="context")
+    g = torch.Generator().manual_seed(5)
+    clean = pyramid.level_tensor(1)[None, :, 1:10].repeat(2, 1, 1, 1)
+    xb = pyramid.blurry_tensor(1)[None, :, 1:10].repeat(2, 1, 1, 1)
+    t, gamma = 3, 0.3
+    x = q_sample(schedule, gamma * xb + (1 - gamma) * clean, t, torch.randn(clean.shape, generator=g))
+    tt = torch.full((2,), t)
+    ya = _x0(schedule, x, t, approx(x, tt, 1, blurry=xb, gamma=gamma), xb, gamma)
+    ye = _x0(schedule, x, t, exact(x, tt, 1, blurry=xb, gamma=gamma), xb, gamma)
+    diff = (ya - ye).abs()[..., 1:-1, 1:-1]
+    assert diff.mean() < 0.01 and diff.median() < 1e-4, (diff.mean(), diff.median())
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(search="faiss"), "search"),
+    (dict(search_stride=0), "search_stride"),
+    (dict(search_stride=1.5), "search_stride"),
+])
+def test_bad_search_parameters(pyramid, schedule, kwargs, name):
+    with pytest.raises(UserError, match=name) as e:
+        PatchDenoiser(pyramid, schedule, patch_size=3, candidates=4, **kwargs)
+    assert "\n" not in str(e.value)
