@@ -59,14 +59,21 @@ def test_sample_equals_the_cli_and_generate(model, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_edits_equal_the_cli(model, tmp_path):
+def _composite(model, tmp_path, corner, colour) -> np.ndarray:
+    """c.png: the training field with a 20×20 square of `colour` at `corner`; m.png: its mask (returned)."""
     h, w = model.size
     comp = np.asarray(Image.open(ASSETS / "hubble.jpg").convert("RGB").resize((w, h))).copy()
-    comp[40:60, 50:70] = [220, 60, 40]
+    y, x = corner
+    comp[y:y + 20, x:x + 20] = colour
     mask = np.zeros((h, w), np.uint8)
-    mask[40:60, 50:70] = 255
+    mask[y:y + 20, x:x + 20] = 255
     Image.fromarray(comp).save(tmp_path / "c.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
+    return mask
+
+
+def test_edits_equal_the_cli(model, tmp_path):
+    mask = _composite(model, tmp_path, (40, 50), (220, 60, 40))
     cases = [
         (lambda: model.harmonize(tmp_path / "c.png", mask, num=1, seed=4),
          ["harmonize", "--composite", tmp_path / "c.png", "--mask", tmp_path / "m.png", "--seed", "4"], "harmonize"),
@@ -125,13 +132,7 @@ def test_sizes_are_checked_like_the_cli(model):
 def test_the_api_equals_the_cli_at_non_default_arguments(model, tmp_path):
     """Each value reaches the work, not only the defaults: a noise level, a fixed size with start
     timesteps and a start level, as the CLI passes them."""
-    h, w = model.size
-    comp = np.asarray(Image.open(ASSETS / "hubble.jpg").convert("RGB").resize((w, h))).copy()
-    comp[30:50, 40:60] = [40, 200, 90]
-    mask = np.zeros((h, w), np.uint8)
-    mask[30:50, 40:60] = 255
-    Image.fromarray(comp).save(tmp_path / "c.png")
-    Image.fromarray(mask).save(tmp_path / "m.png")
+    _composite(model, tmp_path, (30, 40), (40, 200, 90))
     cases = [
         (lambda: model.harmonize(tmp_path / "c.png", tmp_path / "m.png", noise_level=12, seed=2),
          ["edit", "harmonize", "--composite", tmp_path / "c.png", "--mask", tmp_path / "m.png", "--noise-level", "12",
