@@ -103,8 +103,7 @@ class SinDDM(EditMethods):
         dev = _device(device)
         resolve_precision(C.choice("precision", precision, ("auto", "fp32", "fast")), dev)
         source = str(image) if isinstance(image, (str, os.PathLike)) else "image"
-        return cls(picture_model(C.picture(image, "image"), C.whole("max_pixels", max_pixels, 1), source, dev),
-                   dev, precision)
+        return cls(picture_model(C.picture(image, "image"), max_pixels, source, dev), dev, precision)
 
     @classmethod
     def train(cls, image: PathLike | Image.Image, out: PathLike, config=None, steps: int | None = None,

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from .errors import ParameterError, UserError
+from .schedule import T_STEPS
 
-T_MAX = 100          # timesteps of the schedule (method §2): T[0] in 1..100, later ones in 1..99
+T_MAX = T_STEPS      # T[0] in 1..100, later ones in 1..99 (method §2)
 HARMONIZE_NOISE_LEVEL = 5        # method §7.1
 STYLE_TRANSFER_NOISE_LEVEL = 15  # method §7.2
 OUTPUTS = ("pil", "tensor")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import LoadedModel, load_model
+from .checks import whole
 from .config import Config
 from .errors import ParameterError
 from .hybrid import build_denoiser
@@ -29,8 +30,7 @@ def is_picture(path: str | os.PathLike) -> bool:
 def picture_model(picture: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "picture",
                   device: torch.device | str = "cpu") -> LoadedModel:
     """A training-free model of `picture`: no network, the patch denoiser at every scale."""
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ParameterError("max_pixels", f"must be a whole number >= 1, got {max_pixels!r}")
+    max_pixels = whole("max_pixels", max_pixels, 1)
     config = Config()
     config.image.max_pixels = max_pixels
     config.model.trained_scales = 0
