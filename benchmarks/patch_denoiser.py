@@ -6,7 +6,8 @@
 
 `quality`: the shipped hubble-small model's network serves scales s < K, a `PatchDenoiser` the rest
 (config keys: K, p, tau (context_sigma, "none"), merge, k (candidates), flips, p0 (scale 0's patch),
-search (query/context), st (search_stride), rf (refresh); unset keys: p=7, mean merge, as in the 2026-12-06 runs).
+search (query/context), st (search_stride), rf (refresh), n (respaced blended steps at the patch
+scales), n0 (respaced scale-0 steps); `--model` may be a picture (K=0 only); unset keys: p=7, mean merge, as in the 2026-12-06 runs).
 Samples are drawn with `samplers.sample_pyramid` (seeded) up to scale `--upto` and compared with
 that pyramid level: patch SWD, pixel diversity and the copy measure (mean coherent-region size);
 the "net" config is the fully trained model. `timing`: seconds per denoiser call, exact against
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import sys
 import time
@@ -37,7 +37,8 @@ from sinddm.eval.metrics import EvalSettings, evaluate  # noqa: E402
 from sinddm.image_io import to_uint8  # noqa: E402
 from sinddm.patch_denoiser import PatchDenoiser  # noqa: E402
 from sinddm.pyramid import Pyramid  # noqa: E402
-from sinddm.schedule import SAMPLING_GAMMA_MAX  # noqa: E402
+from sinddm.schedule import Schedule  # noqa: E402
+from sinddm.sources import is_picture, open_model  # noqa: E402
 
 MODEL = REPO / "assets/models/hubble-small.safetensors"
 
@@ -57,38 +58,14 @@ class Router(nn.Module):
         return self.pd(x, t, scale, blurry=blurry, gamma=gamma)
 
 
-def _blended(model, schedule, x_blurry, scale, t_start, gammas, noise, x0_hook=None,
-             gamma_max=SAMPLING_GAMMA_MAX, progress=None, step_noise=None):
-    """`samplers.sample_blended` passing blurry=/gamma= to models with `takes_blurry` (until main has it)."""
-    g = gammas.to(x_blurry.device).clamp(0, gamma_max)
-    sqrt_ac, sqrt_1m = schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod
-    x = samplers.q_sample(schedule, x_blurry, t_start, noise)
-    for t in range(t_start - 1, -1, -1):
-        if step_noise is not None:
-            step_noise(t)
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        kw = dict(blurry=x_blurry, gamma=g[t]) if getattr(model, "takes_blurry", False) else {}
-        x_mix = samplers.predict_x0(schedule, x, t, model(x, tt, scale, **kw).float())
-        x0 = (x_mix - g[t] * x_blurry) / (1 - g[t])
-        if t == 0:
-            x = x0.clamp(-1, 1)
-        else:
-            x_mix_prev = (g[t - 1] * x_blurry + (1 - g[t - 1]) * x0).clamp(-1, 1)
-            x = sqrt_ac[t - 1] * x_mix_prev + sqrt_1m[t - 1] * (x - sqrt_ac[t] * x_mix.clamp(-1, 1)) / sqrt_1m[t]
-    return x
-
-
-if "takes_blurry" not in inspect.getsource(samplers.sample_blended):
-    samplers.sample_blended = _blended
-
-
 def parse(spec: str) -> dict:
-    cfg = dict(K=99, p=7, tau=None, merge="mean", k=None, flips=False, p0=None, search="query", st=2, rf=1, name=spec)
+    cfg = dict(K=99, p=7, tau=None, merge="mean", k=None, flips=False, p0=None, search="query", st=2, rf=1, n=None,
+               n0=None, name=spec)
     if spec == "net":
         return cfg
     for item in spec.split(","):
         key, val = item.split("=")
-        if key in ("K", "p", "k", "p0", "st", "rf", "t0"):
+        if key in ("K", "p", "k", "p0", "st", "rf", "t0", "n", "n0"):
             cfg[key] = None if val == "none" else int(val)
         elif key == "tau":
             cfg[key] = None if val == "none" else float(val)
@@ -122,9 +99,20 @@ def quality(args, loaded) -> list[dict]:
         cfg = parse(spec)
         model = build(loaded, cfg, args.upto)
         t0 = time.perf_counter()
-        out = samplers.sample_pyramid(model, loaded.schedule, loaded.gammas, sizes, start_t, args.num,
-                                      generator=torch.Generator().manual_seed(args.seed))[-1]
+        steps = [None] + [cfg["n"] if s >= cfg["K"] else None for s in range(1, len(sizes))]
+        st = list(start_t)
+        schedule0 = None
+        if cfg["n0"]:
+            schedule0 = Schedule.cosine_respaced(cfg["n0"])
+            st[0] = schedule0.num_timesteps
+        out = samplers.sample_pyramid(model, loaded.schedule, loaded.gammas, sizes, st, args.num,
+                                      generator=torch.Generator().manual_seed(args.seed), blended_steps=steps,
+                                      schedule0=schedule0)[-1]
         secs = time.perf_counter() - t0
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.concatenate([to_uint8(x) for x in out], 1)).save(
+                Path(args.save) / f"{spec.replace('=', '').replace(',', '_')}.png")
         m = evaluate(ref, [to_uint8(x) for x in out], EvalSettings(sifid=False))["aggregate"]
         row = {"config": spec, "upto": args.upto, "num": args.num, "seconds": secs, "swd": m["swd"]["mean"],
                "swd_std": m["swd"]["std"], "pixel_diversity": m["pixel_diversity"],
@@ -187,6 +175,7 @@ def main() -> None:
     ap.add_argument("--upto", type=int, default=2, help="last scale sampled (compared with that level)")
     ap.add_argument("--t0", type=int, default=None, help="scale-0 steps (T[0])")
     ap.add_argument("--num", type=int, default=4)
+    ap.add_argument("--max-pixels", type=int, default=12000, help="a picture as --model: its pixel cap")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--p", type=int, default=7)
     ap.add_argument("--tau", type=float, default=None)
@@ -195,9 +184,10 @@ def main() -> None:
     ap.add_argument("--merges", nargs="+", default=["mean", "centre"], help="timing: merge rules")
     ap.add_argument("--num-big", type=int, default=1, help="timing: samples at ~50k px")
     ap.add_argument("--json", help="append the rows to this JSON file")
+    ap.add_argument("--save", help="quality: write each config's samples, side by side, into this folder")
     args = ap.parse_args()
     torch.manual_seed(0)
-    loaded = load_model(args.model)
+    loaded = open_model(args.model, max_pixels=args.max_pixels) if is_picture(args.model) else load_model(args.model)
     print(f"{args.what}: {loaded.pyramid.sizes_hw}, T = {loaded.start_t}, {torch.get_num_threads()} thread(s), "
           f"torch {torch.__version__}", flush=True)
     rows = quality(args, loaded) if args.what == "quality" else timing(args, loaded)

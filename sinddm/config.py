@@ -14,6 +14,10 @@ import yaml
 
 from .errors import UserError
 from .pyramid import DEFAULT_MAX_PIXELS, MIN_SIDE
+from .schedule import T_STEPS
+
+PATCH_STEPS = 10   # model.patch_steps' default, measured (docs/method.md §11.10)
+LAYOUT_T = 50      # model.layout_t's default, measured (docs/method.md §11.11)
 
 
 @dataclass
@@ -27,6 +31,13 @@ class ModelConfig:
     # The network trains on, and serves, the K coarsest scales; the closed-form patch denoiser
     # serves the finer ones (docs/method.md §11). None: every scale, the paper; 0: no network.
     trained_scales: Optional[int] = field(default=None, metadata={"type": int})
+    # Steps the sampler takes at each scale the patch denoiser serves, respaced (its posterior mean
+    # is exact at any t, so far fewer steps than the network's do; method §11.10). null: every step.
+    patch_steps: Optional[int] = field(default=PATCH_STEPS, metadata={"type": int})
+    # Where the patch denoiser serves scale 0 (a training-free model), scale 0 starts from the
+    # picture's coarsest level noised to this t instead of from pure noise: patches alone make no
+    # layout (method §11.11). null: pure noise (a texture's samples, no layout).
+    layout_t: Optional[int] = field(default=LAYOUT_T, metadata={"type": int})
 
 
 @dataclass
@@ -129,6 +140,10 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(cfg.model.dim >= 2 and cfg.model.dim % 2 == 0, "model.dim must be an even number >= 2")
     k = cfg.model.trained_scales
     need(k is None or k >= 0, "model.trained_scales must be >= 0 (0: no network), or null for every scale")
+    n = cfg.model.patch_steps
+    need(n is None or n >= 2, "model.patch_steps must be >= 2, or null for every step")
+    lt = cfg.model.layout_t
+    need(lt is None or 1 <= lt < T_STEPS, f"model.layout_t must be in 1..{T_STEPS - 1}, or null for pure noise")
     t = cfg.train
     need(t.steps >= 1, "train.steps must be >= 1")
     need(t.batch_size >= 1, "train.batch_size must be >= 1")

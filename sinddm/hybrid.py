@@ -78,3 +78,19 @@ def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config,
         return network
     patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales), **PATCH_SETTINGS)
     return HybridDenoiser(network if k > 0 else None, patches, k)
+
+
+def blended_steps(denoiser: nn.Module, config: Config, n_scales: int) -> list[int | None]:
+    """Per scale, the respaced step count the sampler uses there: `model.patch_steps` where the
+    patch denoiser serves the scale, None (every step) where the network does."""
+    if not isinstance(denoiser, HybridDenoiser) or config.model.patch_steps is None:
+        return [None] * n_scales
+    return [None if s < denoiser.trained_scales else config.model.patch_steps for s in range(n_scales)]
+
+
+def layout_start(denoiser: nn.Module, config: Config, pyramid: Pyramid) -> torch.Tensor | None:
+    """Scale 0's starting picture (3×h×w in [-1, 1], the pyramid's coarsest level) where the patch
+    denoiser serves scale 0 and `model.layout_t` is set; None where scale 0 starts from noise."""
+    if not isinstance(denoiser, HybridDenoiser) or denoiser.trained_scales > 0 or config.model.layout_t is None:
+        return None
+    return pyramid.level_tensor(0)

@@ -16,7 +16,8 @@ from .checkpoint import LoadedModel
 from .devices import auto_batch_size, resolve_precision
 from .fast import FastPyramidSampler, prepare_backends, sampling_options
 from .fast.cpu import keep_freed_memory
-from .samplers import sample_pyramid
+from .hybrid import blended_steps, layout_start
+from .samplers import blended_timesteps, sample_pyramid, upsample
 from .schedule import Schedule
 from .tiling import tiled_loaded
 
@@ -70,7 +71,10 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     `callback(scale, t, x0)` sees every step's x̂0; `all_scales` returns every scale's outputs
     (a list per scale, coarsest first) instead of the finest only. Both run the eager path.
     `tileable`: on a torus, so the output tiles seamlessly. Either runs the exact fp32 eager path, as
-    do hybrid and training-free models (`hybrid`).
+    do hybrid and training-free models (`hybrid`), whose patch-denoiser scales (scale 0 too, unless
+    `scale0_steps` or T[0] says otherwise) take `model.patch_steps` respaced steps. A training-free
+    model's scale 0 starts from its picture's coarsest level noised to T[0] (`model.layout_t` by
+    default; not with `tileable`, nor with `scale0_steps`, which start from pure noise).
     """
     device = torch.device(device)
     resolve_precision(precision, device)  # rejects unknown names
@@ -81,6 +85,18 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
     schedule = loaded.schedule.to(device)
     gammas = loaded.gammas.to(device)
     schedule0 = None
+    steps = blended_steps(loaded.model, loaded.config, len(sizes_hw))
+    start0 = layout_start(loaded.model, loaded.config, loaded.pyramid)
+    if tileable or scale0_steps is not None:
+        start0 = None               # a torus has no picture layout; respaced scale-0 steps start from noise
+    if start0 is not None:
+        if start_t[0] >= schedule.num_timesteps:
+            start_t = [loaded.config.model.layout_t, *start_t[1:]]
+        if sizes_hw[0] != loaded.pyramid.sizes_hw[0]:
+            start0 = upsample(start0[None], sizes_hw[0])[0]
+        start0 = start0.to(device)
+    elif scale0_steps is None and steps[0] is not None and start_t[0] == schedule.num_timesteps:
+        scale0_steps = steps[0]     # a training-free model's scale 0 takes model.patch_steps too
     if scale0_steps is not None and scale0_steps < schedule.num_timesteps:
         schedule0 = Schedule.cosine_respaced(scale0_steps, schedule.num_timesteps, device)
         start_t = [schedule0.num_timesteps, *start_t[1:]]
@@ -95,14 +111,16 @@ def generate(loaded: LoadedModel, num: int, sizes_hw: list[tuple[int, int]], sta
         fast = FastPyramidSampler(model, schedule, gammas, sizes_hw, start_t, device, opts, schedule0=schedule0)
     hooks = None if callback is None else [_reporting_hook(callback, s) for s in range(len(sizes_hw))]
     coarser: list[list[torch.Tensor]] = []   # every batch's coarser scales, for `all_scales`
-    with progress_bar(math.ceil(num / bs) * sum(start_t), "sample", progress) as bar:
+    visits = start_t[0] + sum(len(blended_timesteps(t, n)) for t, n in zip(start_t[1:], steps[1:]))
+    with progress_bar(math.ceil(num / bs) * visits, "sample", progress) as bar:
         def one(n: int, s: int) -> torch.Tensor:
             gen = make_generator(device, s)
             if fast is not None:
                 outs = fast.sample(n, gen, progress=bar)
             else:
                 outs = sample_pyramid(model, schedule, gammas, sizes_hw, start_t, n, generator=gen, device=device,
-                                      progress=bar, schedule0=schedule0, wrap=tileable, hooks=hooks)
+                                      progress=bar, schedule0=schedule0, wrap=tileable, hooks=hooks,
+                                      blended_steps=steps, start0=start0)
             if all_scales:
                 coarser.append([x.float().cpu().contiguous() for x in outs[:-1]])
             return outs[-1]

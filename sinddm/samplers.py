@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -81,9 +82,12 @@ def sample_ddpm(model, schedule: Schedule, x_start: torch.Tensor, scale: int, no
 def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int, t_start: int,
                    gammas: torch.Tensor, noise: torch.Tensor, x0_hook: X0Hook = None,
                    gamma_max: float = SAMPLING_GAMMA_MAX, progress=None,
-                   step_noise: NoiseSampler | None = None) -> torch.Tensor:
+                   step_noise: NoiseSampler | None = None, steps: int | None = None) -> torch.Tensor:
     """SinDDM's finer-scale sampling: noise x̃ to T[s], then DDIM (σ = 0) steps on the
     blur/clean mixture x^mix = γ x̃ + (1-γ) x (SinDDM, Sec. 3 and Alg. 2).
+
+    `steps` < t_start visits only that many timesteps, evenly spaced from t_start−1 to 0 (DDIM's
+    respacing, Song et al. 2021, eq. 12 with σ = 0); None visits every one, as the paper does.
 
     `gammas` is γ_t^s for this scale, length T, clamped here to [0, gamma_max].
     `step_noise(t)`, if given, is called once per step and its value discarded: the reference
@@ -95,7 +99,8 @@ def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int
     sqrt_ac = schedule.sqrt_alphas_cumprod
     sqrt_1m = schedule.sqrt_one_minus_alphas_cumprod
     x = q_sample(schedule, x_blurry, t_start, noise)
-    for t in range(t_start - 1, -1, -1):
+    visit = blended_timesteps(t_start, steps)
+    for i, t in enumerate(visit):
         if step_noise is not None:
             step_noise(t)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
@@ -106,12 +111,24 @@ def sample_blended(model, schedule: Schedule, x_blurry: torch.Tensor, scale: int
         if t == 0:
             x = x0.clamp(-1, 1)
         else:
-            x_mix_prev = (g[t - 1] * x_blurry + (1 - g[t - 1]) * x0).clamp(-1, 1)
+            nxt = visit[i + 1]
+            x_mix_prev = (g[nxt] * x_blurry + (1 - g[nxt]) * x0).clamp(-1, 1)
             eps_dir = (x - sqrt_ac[t] * x_mix.clamp(-1, 1)) / sqrt_1m[t]
-            x = sqrt_ac[t - 1] * x_mix_prev + sqrt_1m[t - 1] * eps_dir
+            x = sqrt_ac[nxt] * x_mix_prev + sqrt_1m[nxt] * eps_dir
         if progress is not None:
             progress.update(1)
     return x
+
+
+def blended_timesteps(t_start: int, steps: int | None = None) -> list[int]:
+    """The timesteps a finer scale visits, t_start−1 down to 0: all of them, or `steps` of them
+    evenly spaced (both ends kept)."""
+    if steps is None or steps >= t_start:
+        return list(range(t_start - 1, -1, -1))
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    kept = np.unique(np.round(np.linspace(0, t_start - 1, steps)).astype(np.int64))
+    return [int(t) for t in kept[::-1]]
 
 
 def _blended_eps(model, x: torch.Tensor, tt: torch.Tensor, scale: int, x_blurry: torch.Tensor,
@@ -151,7 +168,8 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
                    device: torch.device | str = "cpu",
                    progress=None, schedule0: Schedule | None = None,
                    hooks: Sequence[X0Hook] | None = None, hook_before_clamp: bool = False,
-                   wrap: bool = False) -> list[torch.Tensor]:
+                   wrap: bool = False, blended_steps: Sequence[int | None] | None = None,
+                   start0: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Coarse-to-fine generation of `batch` images; returns every scale's output (method §5).
 
     `gammas[s-1]` holds γ^s; `start_t[s]` is T[s] (T[0] is the number of scale-0 steps).
@@ -160,11 +178,18 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
     `hook_before_clamp`: scale 0's hook edits the raw x̂0 and the clamp follows (`ddpm_step`).
     The finer scales make the reference's discarded per-step draws (`sample_blended`'s `step_noise`).
     `wrap`: up-sample on a torus (seamless textures; the model then pads circularly, see `tiling`).
+    `blended_steps[s]`: scale s's respaced step count (`sample_blended`'s `steps`; None: every step).
+    `start0` (3×h×w): scale 0 starts from this picture noised to T[0] (with the same draw that is
+    otherwise the pure noise) instead of from pure noise (a training-free model's layout, method §11.11).
     """
+    if blended_steps is None:
+        blended_steps = [None] * len(sizes_hw)
     if hooks is None:
         hooks = [None] * len(sizes_hw)
     outputs = []
     x = torch.randn((batch, 3, *sizes_hw[0]), generator=generator, device=device)
+    if start0 is not None:
+        x = q_sample(schedule0 or schedule, start0.to(x.device, x.dtype).expand_as(x), start_t[0], x)
     x = sample_ddpm(model, schedule0 or schedule, x, 0, default_noise_sampler(x, generator), t_start=start_t[0],
                     x0_hook=hooks[0], progress=progress, hook_before_clamp=hook_before_clamp)
     outputs.append(x)
@@ -173,7 +198,7 @@ def sample_pyramid(model, schedule: Schedule, gammas: torch.Tensor, sizes_hw: li
         noise = torch.randn(x_blurry.shape, generator=generator, device=device)
         x = sample_blended(model, schedule, x_blurry, s, start_t[s], gammas[s - 1], noise,
                            x0_hook=hooks[s], progress=progress,
-                           step_noise=default_noise_sampler(x_blurry, generator))
+                           step_noise=default_noise_sampler(x_blurry, generator), steps=blended_steps[s])
         outputs.append(x)
     return outputs
 

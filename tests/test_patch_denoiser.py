@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sinddm.errors import UserError
-from sinddm.patch_denoiser import PatchDenoiser
+from sinddm.patch_denoiser import PatchDenoiser, _softmax_mean
 from sinddm.pyramid import Pyramid
 from sinddm.samplers import predict_x0, q_sample
 from sinddm.schedule import Schedule
@@ -407,3 +407,13 @@ def test_bad_search_parameters(pyramid, schedule, kwargs, name):
     with pytest.raises(UserError, match=name) as e:
         PatchDenoiser(pyramid, schedule, patch_size=3, candidates=4, **kwargs)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("spread", [0.1, 10.0, 1e4])
+def test_the_in_place_softmax_mean_equals_softmax_then_matmul(spread):
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn((64, 500), generator=gen) * spread
+    values = torch.randn((500, 3), generator=gen)
+    want = torch.softmax(logits.double(), 1) @ values.double()
+    got = _softmax_mean(logits.clone(), torch.cat([values, torch.ones(500, 1)], 1))
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5)
