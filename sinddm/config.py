@@ -17,7 +17,7 @@ from .pyramid import DEFAULT_MAX_PIXELS, MIN_SIDE
 from .schedule import T_STEPS
 
 PATCH_STEPS = 10   # model.patch_steps' default, measured (docs/method.md §11.10)
-LAYOUT_T = 50      # model.layout_t's default, measured (docs/method.md §11.11)
+LAYOUT_T = 60      # model.layout_t's default, measured (docs/method.md §11.11)
 
 
 @dataclass
