@@ -8,6 +8,7 @@ $SINDDM_TEST_ARTIFACTS); the README's picture of the page is taken here too (stu
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -160,6 +161,8 @@ def test_sample_at_1x2_returns_a_twice_as_wide_picture(page):
     _set_number(page, "sample-fw", 2)
     _set_number(page, "sample-count", 1)
     page.locator("#sample-run").click()
+    # the sampler's tqdm bar, tracked by Gradio, over the gallery while it runs
+    expect(page.locator("#sample-gallery")).to_contain_text(re.compile(r"\d+/\d+ step"), timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#sample-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
     img = page.locator("#sample-gallery img").first
     assert img.evaluate("e => [e.naturalWidth, e.naturalHeight]") == [236, 101]

@@ -8,6 +8,7 @@ folder, refuses uploads over the studio's cap, binds 127.0.0.1 only and never sh
 one job runs at a time.
 """
 
+import inspect
 import os
 import sys
 import traceback
@@ -80,12 +81,17 @@ def build(studio: Studio):
         return n, seed
 
     def guarded(fn, n_out: int):
-        """Run `fn`; on failure leave the outputs alone and show one line."""
-        def run(*args, progress=gr.Progress(track_tqdm=True)):
+        """Run `fn`; on failure leave the outputs alone and show one line. Its tqdm bars show on
+        the page: Gradio looks for the Progress tracker among the positional parameters only, so
+        `run` has `fn`'s and then `progress`, which Gradio passes last."""
+        def run(*args):
             try:
-                return fn(*args)
+                return fn(*args[:-1])
             except Exception as e:  # noqa: BLE001 - the page shows one line, never a traceback
                 return (*[gr.skip()] * (n_out - 1), message(e))
+        progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                     default=gr.Progress(track_tqdm=True))
+        run.__signature__ = inspect.Signature([*inspect.signature(fn).parameters.values(), progress])
         return run
 
     with gr.Blocks(title="sinddm studio", analytics_enabled=False) as demo:
@@ -113,7 +119,7 @@ def build(studio: Studio):
                 n, seed = count_seed("sample")
                 run = gr.Button("Sample", variant="primary", elem_id="sample-run")
                 outs = outputs("sample")
-                run.click(guarded(lambda *a: _shown(studio.sample(a[4], a[5], a[0], a[1], a[2], a[3], progress=True)), 4),
+                run.click(guarded(lambda a, b, c, d, k, sd: _shown(studio.sample(k, sd, a, b, c, d, progress=True)), 4),
                           [fh, fw, size, level, n, seed], list(outs), **JOB)
 
             # -- Regions --------------------------------------------------------------------------
@@ -286,7 +292,8 @@ def build(studio: Studio):
             return following(f"**done**: trained into `{studio.model_arg}`")
 
         photo.upload(use_photo, photo, [*follow, model_status, photo], **JOB)
-        train.click(guarded(train_hybrid, len(follow) + 1), None, [*follow, model_status], **JOB)
+        train.click(guarded(train_hybrid, len(follow) + 1), None, [*follow, model_status], **JOB,
+                    show_progress_on=[photo])   # the training's bar over the photo it trains on
         demo.load(lambda: following()[:-1], None, follow)
 
     def studio_read(path, what):
