@@ -84,7 +84,7 @@ class Studio:
         kind = ("trained" if k is None or k == n else "training-free (the patch denoiser at every scale)" if k == 0
                 else f"hybrid (a network at {k} of {n} scales)")
         cap = f", pixel cap {self.max_pixels}" if self.max_pixels is not None else ""
-        return f"**active model:** `{self.model_arg}`: {kind}, {w}×{h} px (w×h), {n} scales{cap}"
+        return f"**active model:** `{self.model_arg}`: {kind}, {w}×{h} px (w×h), {n} scale{'s' * (n != 1)}{cap}"
 
     def use_photo(self, path) -> str:
         """Switch every panel to a training-free model of an uploaded photo (at `photo_max_pixels`);
