@@ -134,6 +134,14 @@ def test_text_panels_without_clip_weights_say_so_and_write_nothing(studio, tmp_p
     assert list(studio.out.iterdir()) == []
 
 
+def test_app_help_says_it_starts_from_a_model_or_a_picture_and_takes_photos(capsys):
+    with pytest.raises(SystemExit):
+        main(["app", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "MODEL|PICTURE" in text and "or a picture, which becomes a training-free model" in text
+    assert "a photograph can be uploaded" in text and "the photos uploaded on the page" in text
+
+
 def test_app_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
     import importlib.util
 

@@ -100,7 +100,7 @@ def build(studio: Studio):
         active = gr.Markdown(studio.describe(), elem_id="studio-model")
         with gr.Row():
             photo = gr.File(label=f"start from a photo (PNG or JPEG, at most {MAX_UPLOAD_BYTES // 2 ** 20} MB): "
-                                  f"a training-free model at once, at {studio.photo_max_pixels} px",
+                                  f"a training-free model at once, shrunk to {studio.photo_max_pixels} pixels",
                             file_types=["image"], type="filepath", elem_id="studio-photo", scale=3, height=90)
             with gr.Column(scale=2):
                 train = gr.Button("Train hybrid on the photo (configs/hybrid-cpu.yaml)", elem_id="studio-train")
