@@ -134,6 +134,14 @@ def test_text_panels_without_clip_weights_say_so_and_write_nothing(studio, tmp_p
     assert list(studio.out.iterdir()) == []
 
 
+def test_app_help_says_it_starts_from_a_model_or_a_picture_and_takes_photos(capsys):
+    with pytest.raises(SystemExit):
+        main(["app", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "MODEL|PICTURE" in text and "or a picture, which becomes a training-free model" in text
+    assert "a photograph can be uploaded" in text and "the photos uploaded on the page" in text
+
+
 def test_app_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
     import importlib.util
 
@@ -142,3 +150,92 @@ def test_app_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
     assert main(["app", str(MODEL), "--port", "7999"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: the studio needs Gradio: pip install 'sinddm[app]'"
+
+
+# -- starting from a photo -------------------------------------------------------------------
+PHOTOS = MODEL.parent.parent / "photos"
+PHOTO_CAP = 3000          # summer-palace.jpg → one scale of 67x44 px: seconds per sample
+
+
+@pytest.fixture
+def photo_studio(model, tmp_path):
+    return Studio(model, str(MODEL), tmp_path / "out", device_arg="cpu", photo_max_pixels=PHOTO_CAP)
+
+
+def test_an_uploaded_photo_becomes_the_model_of_every_panel(photo_studio, tmp_path, monkeypatch):
+    studio = photo_studio
+    header = studio.use_photo(str(PHOTOS / "summer-palace.jpg"))
+    kept = studio.out / "photo-001" / "summer-palace.jpg"
+    assert kept.read_bytes() == (PHOTOS / "summer-palace.jpg").read_bytes()
+    assert studio.model.size == (44, 67) and studio.finest_image().size == (67, 44)
+    assert f"`{kept}`: training-free" in header and "pixel cap 3000" in header
+    r = studio.sample(1, 2, 0.5, 0.5)
+    assert r.images[0].size == (33, 22)
+    assert r.command.startswith(f"sinddm sample {kept} --max-pixels {PHOTO_CAP} --scale-hw 0.5 0.5 --num 1 --seed 2")
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(r.command)[1:] + ["--quiet"]) == 0      # the command names the kept photo
+    cli = np.asarray(Image.open(studio.out / "sample-001-cli" / "sample_000.png"))
+    assert np.array_equal(cli, np.asarray(r.images[0]))
+    edit = studio.style_transfer(str(PHOTOS / "gravel.jpg"), 5, 1, 0)
+    assert edit.images[0].size == (54, 54)                          # the content's, at the photo's cap
+    assert f"sinddm edit {kept} --max-pixels {PHOTO_CAP} style-transfer" in edit.command
+
+
+def test_train_hybrid_trains_on_the_photo_then_every_panel_uses_it(model, tmp_path):
+    from sinddm.config import config_from_dict
+
+    tiny = config_from_dict({"image": {"max_pixels": 5000}, "model": {"dim": 4, "trained_scales": 1},
+                             "train": {"steps": 2, "batch_size": 1, "grid_samples": 0, "log_every": 1}})
+    studio = Studio(model, str(MODEL), tmp_path / "out", device_arg="cpu", photo_max_pixels=PHOTO_CAP,
+                    hybrid_config=tiny)
+    with pytest.raises(UserError, match="^train hybrid: no photo to train on; upload a photograph first$"):
+        studio.train_hybrid()
+    assert list(studio.out.iterdir()) == []
+    studio.use_photo(str(PHOTOS / "summer-palace.jpg"))
+    header = studio.train_hybrid()
+    run = studio.out / "hybrid-001"
+    assert (run / "model.safetensors").is_file() and studio.model_arg == str(run)
+    assert f"`{run}`: hybrid (a network at 1 of 2 scales)" in header
+    assert studio.model.loaded.step == 2 and studio.model.size == (57, 86)    # the recipe's own pixel cap
+    r = studio.sample(1, 0, size_text="30x44")
+    assert r.images[0].size == (44, 30) and r.command.startswith(f"sinddm sample {run} --size 30x44")
+    assert studio.photo == str(studio.out / "photo-001" / "summer-palace.jpg")   # still the photo to train on
+
+
+def test_the_embedded_hybrid_recipe_is_configs_hybrid_cpu_yaml():
+    from sinddm.app.uploads import HYBRID_CPU
+    from sinddm.config import config_from_dict, load_config
+
+    assert config_from_dict(HYBRID_CPU) == load_config(MODEL.parent.parent.parent / "configs" / "hybrid-cpu.yaml")
+
+
+def _bad_uploads(folder: Path) -> dict:
+    """file → the start of its message; none of them a picture the studio takes."""
+    folder.mkdir()
+    (folder / "notes.png").write_text("not a picture")
+    Image.new("RGB", (30, 200)).save(folder / "sliver.png")
+    data = (PHOTOS / "summer-palace.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    Image.new("1", (6000, 5000)).save(folder / "bomb.png")       # 30 MP declared in a few kB
+    with open(folder / "huge.jpg", "wb") as f:                   # 21 MB (sparse: costs no disk)
+        f.truncate(21 * 2 ** 20)
+    return {"notes.png": "photo: image 'notes.png': not a picture Pillow can read",
+            "sliver.png": "photo 'sliver.png': 30x200 px is too small",
+            "cut.jpg": "photo: image 'cut.jpg': cannot be decoded",
+            "bomb.png": "photo 'bomb.png': 6000x5000 px is over the studio's limit of 25,000,000 pixels",
+            "huge.jpg": "photo 'huge.jpg': 21.0 MB is over the studio's upload limit of 20 MB"}
+
+
+def test_bad_or_too_large_photos_are_one_line_and_leave_nothing(photo_studio, tmp_path):
+    studio = photo_studio
+    for name, words in _bad_uploads(tmp_path / "uploads").items():
+        with pytest.raises(UserError) as e:
+            studio.use_photo(str(tmp_path / "uploads" / name))
+        assert str(e.value).startswith(words) and "\n" not in str(e.value) and str(tmp_path) not in str(e.value)
+    with pytest.raises(UserError, match="photo: no picture uploaded"):
+        studio.use_photo(None)
+    assert list(studio.out.iterdir()) == [] and studio.model_arg == str(MODEL)
+    # the same caps hold for every upload (composite, content)
+    with pytest.raises(UserError, match="^content 'bomb.png': 6000x5000 px is over"):
+        studio.style_transfer(str(tmp_path / "uploads" / "bomb.png"), 5, 1, 0)
+    assert list(studio.out.iterdir()) == []

@@ -8,17 +8,22 @@ $SINDDM_TEST_ARTIFACTS); the README's picture of the page is taken here too (stu
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "models" / "hubble-small.safetensors"
+PHOTO = ROOT / "assets" / "photos" / "summer-palace.jpg"
+PHOTO_CAP = 3000          # uploaded photos: summer-palace.jpg → one scale of 67x44 px (fast samples)
 ARTIFACTS = Path(os.environ.get("SINDDM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM = os.environ.get("SINDDM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 START_TIMEOUT_S = 120     # the app's start: torch, gradio and the model on a busy 2-core machine
@@ -49,7 +54,8 @@ def app(tmp_path_factory):
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
     log = open(base / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "sinddm", "app", str(MODEL), "--port", str(port),
-                             "--device", "cpu", "--out", str(out)], cwd=cwd, env=env, stdout=log,
+                             "--device", "cpu", "--out", str(out), "--max-pixels", str(PHOTO_CAP)],
+                            cwd=cwd, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -155,6 +161,8 @@ def test_sample_at_1x2_returns_a_twice_as_wide_picture(page):
     _set_number(page, "sample-fw", 2)
     _set_number(page, "sample-count", 1)
     page.locator("#sample-run").click()
+    # the sampler's tqdm bar, tracked by Gradio, over the gallery while it runs
+    expect(page.locator("#sample-gallery")).to_contain_text(re.compile(r"\d+/\d+ step"), timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#sample-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
     img = page.locator("#sample-gallery img").first
     assert img.evaluate("e => [e.naturalWidth, e.naturalHeight]") == [236, 101]
@@ -173,6 +181,66 @@ def test_a_non_image_upload_is_a_message_on_the_page(page, tmp_path):
     page.locator("#style-run").click()               # running on it anyway: the same line, no traceback
     expect(page.locator("#style-status")).to_contain_text("not a picture Pillow can read")
     expect(page.locator("body")).not_to_contain_text("Traceback")
+
+
+def test_a_bad_or_too_large_photo_is_one_line_and_keeps_the_model(page, app, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is text, not a photograph")
+    page.locator("#studio-photo input[type=file]").set_input_files(str(bad))
+    expect(page.locator("#studio-status")).to_have_text(
+        "error: photo: image 'notes.jpg': not a picture Pillow can read; give a PNG or JPEG file", timeout=60_000)
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:                      # 21 MB: over the cap Gradio is given
+        f.truncate(21 * 2 ** 20)
+    page.locator("#studio-photo input[type=file]").set_input_files(str(huge))
+    # Gradio's own line (a toast): the browser sends nothing
+    expect(page.get_by_text('File(s) exceed the maximum allowed size of 20.0 Mb: "huge.jpg"')).to_be_visible()
+    expect(page.locator("#studio-model")).to_contain_text("hubble-small.safetensors")
+    assert not list(app["out"].glob("photo-*"))
+    # and the server refuses such a file itself while it streams in, keeping none of it
+    boundary = "sinddm-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="huge.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + huge.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(app["url"] + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=60)
+    assert refused.value.code == 413
+    assert not [p for p in (app["out"] / ".gradio").rglob("*") if p.is_file() and p.stat().st_size > 2 ** 20]
+    assert not [p for p in app["tmp"].rglob("*") if p.is_file() and p.stat().st_size > 2 ** 20]
+
+
+def test_upload_a_photo_then_sample_and_edit_it(page, app):
+    """Runs after the model's tests (file order): from here on the app's model is the photo's."""
+    page.locator("#studio-photo input[type=file]").set_input_files(str(PHOTO))
+    expect(page.locator("#studio-status")).to_contain_text("done: a training-free model of summer-palace.jpg",
+                                                           timeout=RUN_TIMEOUT_MS)
+    kept = app["out"] / "photo-001" / "summer-palace.jpg"
+    expect(page.locator("#studio-model")).to_contain_text(f"{kept}: training-free")
+    page.get_by_role("tab", name="Regions").click()    # the Regions picture is the photo's now (4x)
+    regions = page.locator("#regions-image img")
+    expect(regions).to_have_js_property("naturalWidth", 67 * 4)
+    page.get_by_role("tab", name="Sample").click()
+    _set_number(page, "sample-fh", 0.5)
+    _set_number(page, "sample-fw", 0.5)
+    _set_number(page, "sample-count", 1)
+    page.locator("#sample-run").click()
+    expect(page.locator("#sample-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    img = page.locator("#sample-gallery img").first
+    assert img.evaluate("e => [e.naturalWidth, e.naturalHeight]") == [33, 22]
+    assert page.locator("#sample-command textarea").input_value().startswith(
+        f"sinddm sample {kept} --max-pixels {PHOTO_CAP} --scale-hw 0.5 0.5 --num 1")
+    page.get_by_role("tab", name="Style").click()       # one edit: style transfer onto the photo's model
+    page.locator("#style-content input[type=file]").set_input_files(str(PHOTO.with_name("gravel.jpg")))
+    expect(page.locator("#style-preview img")).to_be_visible()
+    _set_number(page, "style-count", 1)
+    page.locator("#style-run").click()
+    expect(page.locator("#style-status")).to_contain_text("done", timeout=RUN_TIMEOUT_MS)
+    assert f"sinddm edit {kept} --max-pixels {PHOTO_CAP} style-transfer" in page.locator(
+        "#style-command textarea").input_value()
+    assert (app["out"] / "style-transfer-001" / "style_transfer_000.png").is_file()
+    page.reload()                                       # a fresh page shows the model in use
+    expect(page.locator("#studio-model")).to_contain_text(f"{kept}: training-free")
 
 
 def test_nothing_is_written_outside_the_output_folder(app):

@@ -15,8 +15,13 @@ import numpy as np
 from PIL import Image
 
 from ..api import SinDDM
+from ..config import config_from_dict
 from ..errors import ParameterError, UserError
+from ..sources import is_picture
 from . import commands as C
+from .uploads import HYBRID_CPU, keep_photo, read_upload
+
+__all__ = ["FIELD_NAMES", "MAX_NUM", "Result", "Studio", "mask_from_layers", "read_upload"]
 
 MAX_NUM = 16
 # The API's parameters by the labels the page gives them.
@@ -29,18 +34,6 @@ class Result(NamedTuple):
     paths: list[Path]       # the PNGs written (grid.png last)
     command: str            # the sinddm command that writes the same pictures
     extra: Image.Image | None = None   # a picture shown beside the result (text-roi: its region mask)
-
-
-def read_upload(path, what: str) -> Image.Image:
-    """An uploaded file as an RGB picture; a file that is not one is a message naming `what`."""
-    from ..image_io import load_rgb
-
-    if not path:
-        raise UserError(f"{what}: no picture uploaded; upload a PNG or JPEG")
-    try:
-        return load_rgb(path)
-    except UserError as e:  # the page shows the file's name, not the server's upload path
-        raise UserError(f"{what}: " + str(e).replace(f"'{path}'", f"'{Path(path).name}'")) from None
 
 
 def mask_from_layers(layers, size_wh: tuple[int, int], what: str = "mask") -> Image.Image:
@@ -62,13 +55,67 @@ def _given(**values) -> dict:
 
 
 class Studio:
-    """The model, the names the commands use, and the output folder every run writes into."""
+    """The active model, the names the commands use, and the output folder every run writes into.
+
+    `max_pixels`: the pixel cap of a picture given as the model (the commands repeat it).
+    `photo_max_pixels`: the cap of the photos uploaded later (default: `max_pixels`, else the
+    model's training cap). `hybrid_config` / `hybrid_steps`: what "train hybrid" trains (default
+    configs/hybrid-cpu.yaml's recipe); tests make it tiny.
+    """
 
     def __init__(self, model: SinDDM, model_arg: str, out, device_arg: str = "auto", clip_checkpoint=None,
-                 max_pixels: int | None = None):
-        self.model, self.model_arg, self.device_arg = model, str(model_arg), device_arg
-        self.out, self.clip_checkpoint, self.max_pixels = Path(out), clip_checkpoint, max_pixels
+                 max_pixels: int | None = None, photo_max_pixels: int | None = None, hybrid_config=None,
+                 hybrid_steps: int | None = None):
+        self.device_arg, self.out, self.clip_checkpoint = device_arg, Path(out), clip_checkpoint
+        self.photo_max_pixels = photo_max_pixels or max_pixels or model.loaded.config.image.max_pixels
+        self.hybrid_config, self.hybrid_steps = hybrid_config, hybrid_steps
+        self._use(model, model_arg, max_pixels, photo=model_arg if is_picture(model_arg) else None)
         self.out.mkdir(parents=True, exist_ok=True)
+
+    def _use(self, model: SinDDM, model_arg, max_pixels: int | None, photo=None) -> None:
+        """Make `model` the one every panel runs; `photo`: the picture "train hybrid" trains on."""
+        self.model, self.model_arg, self.max_pixels = model, str(model_arg), max_pixels
+        self.photo = None if photo is None else str(photo)
+
+    def describe(self) -> str:
+        """The active model in one line (Markdown), for the page's header."""
+        h, w = self.model.size
+        k, n = self.model.loaded.config.model.trained_scales, self.model.pyramid.n_scales
+        kind = ("trained" if k is None or k == n else "training-free (the patch denoiser at every scale)" if k == 0
+                else f"hybrid (a network at {k} of {n} scales)")
+        cap = f", pixel cap {self.max_pixels}" if self.max_pixels is not None else ""
+        return f"**active model:** `{self.model_arg}`: {kind}, {w}×{h} px (w×h), {n} scale{'s' * (n != 1)}{cap}"
+
+    def use_photo(self, path) -> str:
+        """Switch every panel to a training-free model of an uploaded photo (at `photo_max_pixels`);
+        the photo is kept as OUT/photo-NNN/<name>, which the commands name. Returns the new header."""
+        picture = read_upload(path, "photo")
+        try:
+            model = SinDDM.from_image(picture, self.photo_max_pixels, self.model.device, self.model.precision)
+        except UserError as e:   # the library names its parameter 'image'; the page calls it the photo
+            raise UserError(f"photo '{Path(path).name}': {str(e).removeprefix('image: ')}") from None
+        folder = self.folder("photo")
+        kept = keep_photo(path, folder)
+        model.loaded.path = kept
+        self._use(model, kept, self.photo_max_pixels, photo=kept)
+        return self.describe()
+
+    def train_hybrid(self, progress: bool = False) -> str:
+        """Train the hybrid recipe on the active photo into OUT/hybrid-NNN (a run folder), then
+        switch every panel to it. Returns the new header."""
+        if self.photo is None:
+            raise UserError("train hybrid: no photo to train on; upload a photograph first")
+        config = config_from_dict(HYBRID_CPU, "hybrid-cpu") if self.hybrid_config is None else self.hybrid_config
+        folder = self.folder("hybrid")
+        try:
+            model = SinDDM.train(self.photo, folder, config, steps=self.hybrid_steps, device=self.model.device,
+                                 precision=self.model.precision, progress=progress)
+        except BaseException:
+            if not any(folder.iterdir()):  # refused before any work: leave no empty folder behind
+                folder.rmdir()
+            raise
+        self._use(model, folder, None, photo=self.photo)
+        return self.describe()
 
     def finest_image(self) -> Image.Image:
         """The training image at the finest scale: boxes are drawn on it, in its pixels."""

@@ -1,14 +1,18 @@
-"""The studio's Gradio page: five panels whose callbacks turn widget values into `Studio` calls
+"""The studio's Gradio page: the active model (switched by uploading a photo or training a
+hybrid on it) above five panels whose callbacks turn widget values into `Studio` calls
 (sinddm/app/jobs.py, which calls the public API) and show the pictures, the PNGs to download,
 the reproducing command, or one line when the input is bad. Gradio is imported only here.
 
 `serve(studio, port)` keeps every file Gradio writes (uploads, served copies) under the output
-folder, binds 127.0.0.1 only and never shares publicly; one job runs at a time.
+folder, refuses uploads over the studio's cap, binds 127.0.0.1 only and never shares publicly;
+one job runs at a time.
 """
 
+import inspect
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -16,6 +20,7 @@ from ..checks import HARMONIZE_NOISE_LEVEL, STYLE_TRANSFER_NOISE_LEVEL
 from ..errors import UserError
 from . import commands as C
 from .jobs import Result, Studio
+from .uploads import MAX_UPLOAD_BYTES
 
 ZOOM = 4                     # the Regions picture is shown 4x enlarged; clicks are divided back
 COLOURS = {"source": (255, 220, 0), "target": (0, 200, 255), "text-roi": (255, 0, 200)}
@@ -57,7 +62,6 @@ def regions_picture(studio: Studio, source: str, targets: str, roi_box: str) -> 
 def build(studio: Studio):
     import gradio as gr
 
-    h, w = studio.model.size
     n_scales = studio.model.pyramid.n_scales
 
     def outputs(prefix: str):
@@ -77,18 +81,30 @@ def build(studio: Studio):
         return n, seed
 
     def guarded(fn, n_out: int):
-        """Run `fn`; on failure leave the outputs alone and show one line."""
-        def run(*args, progress=gr.Progress(track_tqdm=True)):
+        """Run `fn`; on failure leave the outputs alone and show one line. Its tqdm bars show on
+        the page: Gradio looks for the Progress tracker among the positional parameters only, so
+        `run` has `fn`'s and then `progress`, which Gradio passes last."""
+        def run(*args):
             try:
-                return fn(*args)
+                return fn(*args[:-1])
             except Exception as e:  # noqa: BLE001 - the page shows one line, never a traceback
                 return (*[gr.skip()] * (n_out - 1), message(e))
+        progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                     default=gr.Progress(track_tqdm=True))
+        run.__signature__ = inspect.Signature([*inspect.signature(fn).parameters.values(), progress])
         return run
 
     with gr.Blocks(title="sinddm studio", analytics_enabled=False) as demo:
-        gr.Markdown(f"## sinddm studio — `{studio.model_arg}`\nTraining image {w}×{h} px (w×h), {n_scales} "
-                    f"scales; results go to `{studio.out}`. Each panel prints the `sinddm` command that "
-                    "writes the same pictures.")
+        gr.Markdown(f"## sinddm studio\nResults go to `{studio.out}`. Each panel prints the `sinddm` command "
+                    "that writes the same pictures.")
+        active = gr.Markdown(studio.describe(), elem_id="studio-model")
+        with gr.Row():
+            photo = gr.File(label=f"start from a photo (PNG or JPEG, at most {MAX_UPLOAD_BYTES // 2 ** 20} MB): "
+                                  f"a training-free model at once, shrunk to {studio.photo_max_pixels} pixels",
+                            file_types=["image"], type="filepath", elem_id="studio-photo", scale=3, height=90)
+            with gr.Column(scale=2):
+                train = gr.Button("Train hybrid on the photo (configs/hybrid-cpu.yaml)", elem_id="studio-train")
+                model_status = gr.Markdown("", elem_id="studio-status", elem_classes="studio-status")
         with gr.Tabs():
             # -- Sample ---------------------------------------------------------------------------
             with gr.Tab("Sample", id="sample"):
@@ -97,12 +113,13 @@ def build(studio: Studio):
                     fw = gr.Slider(0.25, 4, value=1, step=0.25, label="width factor", elem_id="sample-fw")
                     size = gr.Textbox(label="or a fixed size HxW (overrides the factors)", placeholder="100x240",
                                       elem_id="sample-size")
-                    level = gr.Slider(0, n_scales - 1, value=0, step=1, elem_id="sample-level",
+                    level = gr.Slider(0, max(n_scales - 1, 1), value=0, step=1, elem_id="sample-level",
+                                      interactive=n_scales > 1,
                                       label="object size: start level (larger: smaller objects)")
                 n, seed = count_seed("sample")
                 run = gr.Button("Sample", variant="primary", elem_id="sample-run")
                 outs = outputs("sample")
-                run.click(guarded(lambda *a: _shown(studio.sample(a[4], a[5], a[0], a[1], a[2], a[3], progress=True)), 4),
+                run.click(guarded(lambda a, b, c, d, k, sd: _shown(studio.sample(k, sd, a, b, c, d, progress=True)), 4),
                           [fh, fw, size, level, n, seed], list(outs), **JOB)
 
             # -- Regions --------------------------------------------------------------------------
@@ -132,7 +149,7 @@ def build(studio: Studio):
                     if first is None:
                         return ((x, y), src, tgts, roi, gr.skip(),
                                 f"corner at x={x}, y={y}: click the opposite corner")
-                    box = str(C.box_from_corners(first, (x, y), (h, w)))
+                    box = str(C.box_from_corners(first, (x, y), studio.model.size))
                     if kind == "source box":
                         src = box
                     elif kind == "target box":
@@ -253,6 +270,32 @@ def build(studio: Studio):
                 run_x.click(guarded(text, 5), [xmode, xprompt, xs, xf, xm, roi_box, painter, n_x, seed_x],
                             [gallery_x, mask_x, files_x, command_x, status_x], **JOB)
 
+        # -- the model: every panel follows it (also on a page load, after a switch in another tab)
+        follow = [active, level, picture, source, targets, roi_box, corner, hint, painter]
+
+        def following(status: str = "") -> tuple:
+            n = studio.model.pyramid.n_scales
+            empty = regions_picture(studio, "", "", "")
+            return (studio.describe(), gr.update(maximum=max(n - 1, 1), value=0, interactive=n > 1), empty,
+                    "", "", "", None, "", {"background": studio.finest_image(), "layers": [], "composite": None},
+                    status)
+
+        def use_photo(path):
+            try:
+                studio.use_photo(path)
+            except Exception as e:  # noqa: BLE001 - one line; the refused file leaves the upload box
+                return (*[gr.skip()] * len(follow), message(e), None)
+            return (*following(f"**done**: a training-free model of {Path(path).name}"), gr.skip())
+
+        def train_hybrid():
+            studio.train_hybrid(progress=True)
+            return following(f"**done**: trained into `{studio.model_arg}`")
+
+        photo.upload(use_photo, photo, [*follow, model_status, photo], **JOB)
+        train.click(guarded(train_hybrid, len(follow) + 1), None, [*follow, model_status], **JOB,
+                    show_progress_on=[photo])   # the training's bar over the photo it trains on
+        demo.load(lambda: following()[:-1], None, follow)
+
     def studio_read(path, what):
         from .jobs import read_upload
 
@@ -270,6 +313,7 @@ def serve(studio: Studio, port: int | None = None, open_browser: bool = False) -
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="127.0.0.1", server_port=port, share=False, inbrowser=open_browser, ssr_mode=False,
                 allowed_paths=[str(studio.out.resolve())], footer_links=[], css=CSS, show_error=False,
+                max_file_size=MAX_UPLOAD_BYTES,
                 mcp_server=False, pwa=False, enable_monitoring=False, quiet=True)
 
 
