@@ -38,6 +38,10 @@ class ModelConfig:
     # picture's coarsest level noised to this t instead of from pure noise: patches alone make no
     # layout (method §11.11). null: pure noise (a texture's samples, no layout).
     layout_t: Optional[int] = field(default=LAYOUT_T, metadata={"type": int})
+    # The patch denoiser weighs only the k best of a picture's patches for each query, found through
+    # a 16-dimensional index (method §11.6, §11.12): several times faster, and tiles (--tile) no
+    # longer give bit-equal pictures. null: every patch, the exact posterior.
+    patch_candidates: Optional[int] = field(default=None, metadata={"type": int})
 
 
 @dataclass
@@ -142,6 +146,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(k is None or k >= 0, "model.trained_scales must be >= 0 (0: no network), or null for every scale")
     n = cfg.model.patch_steps
     need(n is None or n >= 2, "model.patch_steps must be >= 2, or null for every step")
+    kc = cfg.model.patch_candidates
+    need(kc is None or kc >= 1, "model.patch_candidates must be >= 1, or null for the exact posterior")
     lt = cfg.model.layout_t
     need(lt is None or 1 <= lt < T_STEPS, f"model.layout_t must be in 1..{T_STEPS - 1}, or null for pure noise")
     t = cfg.train

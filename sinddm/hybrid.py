@@ -78,7 +78,10 @@ def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config,
         raise UserError(f"{source}: {e}") from None
     if k == pyramid.n_scales:
         return network
-    patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales), **PATCH_SETTINGS)
+    settings = dict(PATCH_SETTINGS)
+    if config.model.patch_candidates is not None:
+        settings["candidates"] = config.model.patch_candidates
+    patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales), **settings)
     return HybridDenoiser(network if k > 0 else None, patches, k)
 
 

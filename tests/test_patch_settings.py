@@ -1,4 +1,5 @@
-"""Respaced steps at the scales the patch denoiser serves (`model.patch_steps`, method §11.10)."""
+"""The patch denoiser's settings in a model's config: respaced steps (`model.patch_steps`, method
+§11.10), the layout start (`model.layout_t`, §11.11) and candidates (`model.patch_candidates`, §11.12)."""
 
 from __future__ import annotations
 
@@ -149,3 +150,31 @@ def test_tileable_and_respaced_scale_0_start_from_pure_noise(kw):
 def test_config_refuses_a_layout_t_outside_the_schedule(value):
     with pytest.raises(UserError, match=r"model.layout_t must be in 1..99"):
         config_from_dict({"model": {"layout_t": value}})
+
+
+# -- candidates -----------------------------------------------------------------------------------
+
+def test_patch_candidates_build_the_approximate_path_and_sample():
+    from sinddm.config import Config
+    from sinddm.hybrid import build_denoiser
+    from sinddm.pyramid import build_pyramid
+
+    pyramid = build_pyramid(load_rgb(PHOTO), 5000)
+    config = Config()
+    config.model.trained_scales = 0
+    assert build_denoiser(None, pyramid, config).patches.candidates is None       # exact by default
+    config.model.patch_candidates = 8
+    approx = build_denoiser(None, pyramid, config)
+    assert approx.patches.candidates == 8
+    loaded = picture_model(load_rgb(PHOTO), max_pixels=5000)
+    exact = generate(loaded, 1, loaded.pyramid.sizes_hw, [4, 3], seed=0, progress=False)[0]
+    loaded.model = approx
+    near = generate(loaded, 1, loaded.pyramid.sizes_hw, [4, 3], seed=0, progress=False)[0]
+    assert not torch.equal(exact, near)
+    assert (exact - near).abs().mean() < 0.1          # the same picture, give or take the candidates
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_config_refuses_fewer_than_one_candidate(value):
+    with pytest.raises(UserError, match="model.patch_candidates must be >= 1"):
+        config_from_dict({"model": {"patch_candidates": value}})
