@@ -18,6 +18,7 @@ from .schedule import T_STEPS
 
 PATCH_STEPS = 10   # model.patch_steps' default, measured (docs/method.md §11.10)
 LAYOUT_T = 60      # model.layout_t's default, measured (docs/method.md §11.11)
+PATCH_CANDIDATES = 16   # model.patch_candidates' default, measured (docs/method.md §11.12)
 
 
 @dataclass
@@ -39,9 +40,9 @@ class ModelConfig:
     # layout (method §11.11). null: pure noise (a texture's samples, no layout).
     layout_t: Optional[int] = field(default=LAYOUT_T, metadata={"type": int})
     # The patch denoiser weighs only the k best of a picture's patches for each query, found through
-    # a 16-dimensional index (method §11.6, §11.12): several times faster, and tiles (--tile) no
-    # longer give bit-equal pictures. null: every patch, the exact posterior.
-    patch_candidates: Optional[int] = field(default=None, metadata={"type": int})
+    # a 16-dimensional index (method §11.6, §11.12): 3-4x faster at the same quality, but tiles
+    # (--tile) no longer give bit-equal pictures. null: every patch, the exact posterior.
+    patch_candidates: Optional[int] = field(default=PATCH_CANDIDATES, metadata={"type": int})
 
 
 @dataclass

@@ -17,11 +17,10 @@ from .pyramid import Pyramid
 from .schedule import Schedule
 from .tiling import receptive_radius
 
-# The patch denoiser's settings for models built here. The exact posterior stays the default: the
-# approximate settings measured so far either lose quality on full samples or break exact tiling
-# (a search grid or a refresh schedule is not translation-equivariant; method §11.8). The blurry
-# context (τ = 1) keeps a scene's layout through the finer scales (method §11.11: on a mountain
-# photograph, training-free, patch SWD 0.056 and 5 % copied against 0.139 and a patchwork without).
+# The patch denoiser's settings for models built here, beside those a model's config holds
+# (`model.patch_candidates`: exact or approximate). The blurry context (τ = 1) keeps a scene's
+# layout through the finer scales (method §11.11: on a mountain photograph, training-free, patch
+# SWD 0.056 and 5 % copied against 0.139 and a patchwork without).
 PATCH_SETTINGS: dict = dict(context_sigma=1.0)
 
 # Width used for memory estimates (batch size, tiling) when there is no network: the patch
@@ -59,10 +58,10 @@ class HybridDenoiser(nn.Module):
         return max(net, self.patches.receptive_radius)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, scale, blurry: torch.Tensor | None = None,
-                gamma=None) -> torch.Tensor:
+                gamma=None, origin=None) -> torch.Tensor:
         if int(scale) < self.trained_scales:
             return self.network(x, t, scale)
-        return self.patches(x, t, scale, blurry=blurry, gamma=gamma)
+        return self.patches(x, t, scale, blurry=blurry, gamma=gamma, origin=origin)
 
 
 def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config,

@@ -93,8 +93,9 @@ class PatchDenoiser(nn.Module):
     blurry picture (memoised: a scale's steps share it) wherever the sampler gives x̃ with γ > 0,
     else falls back to "query". `search_stride`: search every `search_stride`-th position in each
     direction and hand the candidates, shifted, to the positions in between (1: every position).
-    `refresh`: reuse a query search for this many steps of one scale and blurry picture. Stride and
-    refresh above 1 are not translation-equivariant (tiles then differ from the whole picture).
+    `refresh`: reuse a query search for this many steps of one scale and blurry picture. A search
+    grid commutes only with shifts by whole grid steps; tiles are told their `origin`, which anchors
+    it in the whole picture, so tiled and whole pictures agree.
     """
 
     takes_blurry = True
@@ -199,7 +200,13 @@ class PatchDenoiser(nn.Module):
 
     def radius(self, scale: int) -> int:
         p = self.patch_sizes[scale]
-        return p - 1 if self.merge == "mean" else p // 2
+        r = p - 1 if self.merge == "mean" else p // 2
+        if self.candidates is not None:     # a position takes its search-grid parent's candidates
+            r += self._stride() - 1
+        return r
+
+    def _stride(self) -> int:
+        return 1 if self.flips else self.search_stride          # mirrored keys break the shift rule
 
     @property
     def receptive_radius(self) -> int:
@@ -225,7 +232,10 @@ class PatchDenoiser(nn.Module):
     # -- the posterior ------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, scale, blurry: torch.Tensor | None = None,
-                gamma=None) -> torch.Tensor:
+                gamma=None, origin=None) -> torch.Tensor:
+        """ε for x_t. `origin` (N×2, optional): where each input's top-left pixel lies in the whole
+        picture, when it is a tile of it; the approximate path anchors its search grid there, so that
+        tiles find what the whole picture finds."""
         scale = int(scale)
         if scale not in self.patch_sizes:
             raise UserError(f"scale {scale}: this patch denoiser serves scales {self.scales}")
@@ -235,6 +245,8 @@ class PatchDenoiser(nn.Module):
                             f"patch_size {p}")
         g = 0.0 if gamma is None or blurry is None else float(gamma)
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        origin = torch.zeros((x.shape[0], 2), dtype=torch.long) if origin is None else \
+            torch.as_tensor(origin, dtype=torch.long).reshape(x.shape[0], 2).cpu()
         x = x.float()
         out = torch.empty_like(x)
         for tv in torch.unique(t).tolist():   # in practice one t for the whole batch
@@ -245,12 +257,14 @@ class PatchDenoiser(nn.Module):
             r = xs - a * g * u if u is not None else xs
             c = a * (1 - g)
             y_hat = self.posterior_mean(r, c, sigma * sigma, scale, u if self.context_sigma is not None and scale > 0
-                                        else None, search_u=u if scale > 0 else None, step=tv)
+                                        else None, search_u=u if scale > 0 else None, step=tv,
+                                        origin=origin[sel.cpu()])
             out[sel] = (r - c * y_hat) / sigma
         return out
 
     def posterior_mean(self, r: torch.Tensor, c, var, scale: int, u: torch.Tensor | None = None,
-                       search_u: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
+                       search_u: torch.Tensor | None = None, step: int | None = None,
+                       origin: torch.Tensor | None = None) -> torch.Tensor:
         """ŷ (N×3×H×W) for residuals r = c·y + √var·ε, patch by patch, optionally weighed by the
         blurry context u against the training level's blurry patches. `search_u`: the blurry
         picture the approximate path's search may use or key its memo on; `step`: the timestep."""
@@ -262,10 +276,11 @@ class PatchDenoiser(nn.Module):
         cands = None
         if self.candidates is not None and self.candidates < getattr(self, f"keys_{scale}").shape[0]:
             sp = self._pad(search_u, p) if search_u is not None else None
+            origin = torch.zeros((n, 2), dtype=torch.long) if origin is None else origin
             if self.search == "context" and sp is not None:
-                cands = self._context_candidates(sp, scale, hp, wp)
+                cands = self._context_candidates(sp, scale, hp, wp, origin)
             else:
-                cands = self._query_candidates(rp, up, c, var, scale, step, sp)
+                cands = self._query_candidates(rp, up, c, var, scale, step, sp, origin)
         n_scores = self.candidates * 3 * p * p * (2 if u is not None else 1) if self.candidates else 0
         chunk = self.chunk if self.candidates else min(self.chunk, BLOCK_SCORES)
         per_block = max(1, chunk // max(getattr(self, f"keys_{scale}").shape[0], n_scores))
@@ -321,69 +336,79 @@ class PatchDenoiser(nn.Module):
         centre = (p // 2) * p + p // 2
         return keys[:, centre::p * p]        # channel-major rows: the centre pixel's 3 values
 
-    def _context_candidates(self, up: torch.Tensor, scale: int, hp: int, wp: int) -> list[torch.Tensor]:
+    def _context_candidates(self, up: torch.Tensor, scale: int, hp: int, wp: int,
+                            origin: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per sample, the (hp·wp)×k indices of the keys whose blurry patch is nearest (in the index's
         principal components) the blurry patch of each position of `up` (padded as the queries).
         A function of `up` alone, so memoised: a scale's steps share one search."""
+        origin = torch.zeros((up.shape[0], 2), dtype=torch.long) if origin is None else origin
         memo = self._memo
         if (memo is not None and memo[0] == scale and memo[1].shape == up.shape and memo[1].device == up.device
-                and torch.equal(memo[1], up)):
+                and torch.equal(memo[1], up) and torch.equal(memo[3], origin)):
             return memo[2]
         p = self.patch_sizes[scale]
         k = self.candidates
         basis, mean = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
         red, rsq = getattr(self, f"idxc_keys_{scale}"), getattr(self, f"idxc_sq_{scale}")
-        st = 1 if self.flips else self.search_stride          # mirrored keys break the shift rule
+        st = self._stride()
         per_block = max(1, self.chunk // red.shape[0])
         out = []
         for i in range(up.shape[0]):
-            pat = F.unfold(up[i:i + 1], p, stride=st)[0].t()         # (hs·ws)×D
+            sy, sx = (int(v) for v in (-origin[i]) % st)
+            pat = F.unfold(up[i:i + 1, :, sy:, sx:], p, stride=st)[0].t()         # (hs·ws)×D
             # nearest blurry key: largest u·b − ‖b‖²/2 in the index's components
             idx = torch.cat([torch.addmm(rsq, (pat[j:j + per_block] - mean) @ basis, red.t(), beta=-1.0)
                              .topk(k, dim=1).indices for j in range(0, pat.shape[0], per_block)])
-            out.append(self._spread(idx, scale, hp, wp, st).to(torch.int32))
-        self._memo = (scale, up.clone(), out)
+            out.append(self._spread(idx, scale, hp, wp, st, sy, sx).to(torch.int32))
+        self._memo = (scale, up.clone(), out, origin.clone())
         return out
 
-    def _spread(self, idx: torch.Tensor, scale: int, hp: int, wp: int, st: int) -> torch.Tensor:
-        """Candidates found on every `st`-th position → all hp×wp positions: (y, x) takes its grid
-        parent's candidates moved by the same offset (a patch one pixel on matches a key one pixel on)."""
+    def _spread(self, idx: torch.Tensor, scale: int, hp: int, wp: int, st: int, sy: int = 0,
+                sx: int = 0) -> torch.Tensor:
+        """Candidates found on the grid of positions (sy + st·a, sx + st·b) → all hp×wp positions:
+        (y, x) takes its grid parent's candidates moved by the same offset (a patch one pixel on
+        matches a key one pixel on). The grid is anchored in the whole picture (`origin`), so a
+        tile's positions have the parents they have in the whole picture, but in its margin."""
         if st == 1:
             return idx
         hk, wk = self.key_grid[scale]
-        ws = (wp + st - 1) // st
+        hs, ws = (hp - sy + st - 1) // st, (wp - sx + st - 1) // st
         yy = torch.arange(hp, device=idx.device)
         xx = torch.arange(wp, device=idx.device)
-        parent = ((yy // st)[:, None] * ws + (xx // st)[None, :]).flatten()
-        dy = (yy % st)[:, None].expand(hp, wp).flatten()[:, None]
-        dx = (xx % st)[None, :].expand(hp, wp).flatten()[:, None]
+        ay = torch.div(yy - sy, st, rounding_mode="floor").clamp_(0, hs - 1)
+        ax = torch.div(xx - sx, st, rounding_mode="floor").clamp_(0, ws - 1)
+        parent = (ay[:, None] * ws + ax[None, :]).flatten()
+        dy = (yy - sy - st * ay)[:, None].expand(hp, wp).flatten()[:, None]
+        dx = (xx - sx - st * ax)[None, :].expand(hp, wp).flatten()[:, None]
         idx = idx[parent]
-        ky = (idx // wk + dy).clamp_(max=hk - 1)
-        kx = (idx % wk + dx).clamp_(max=wk - 1)
+        ky = (idx // wk + dy).clamp_(0, hk - 1)
+        kx = (idx % wk + dx).clamp_(0, wk - 1)
         return ky * wk + kx
 
     def _query_candidates(self, rp: torch.Tensor, up: torch.Tensor | None, c, var, scale: int, step,
-                          memo_key: torch.Tensor | None) -> list[torch.Tensor]:
+                          memo_key: torch.Tensor | None, origin: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per sample, (hp·wp)×k indices of the keys with the best logit computed in the index's
         principal components (the sharp part for the residual, plus the context term when it is on),
         searched on every `search_stride`-th position. With `refresh` > 1 and a blurry picture
         (`memo_key`) the result is reused for the next refresh−1 steps of that scale and picture."""
+        origin = torch.zeros((rp.shape[0], 2), dtype=torch.long) if origin is None else origin
         if self.refresh > 1 and memo_key is not None and step is not None:
             m = self._qmemo
             if (m is not None and m[0] == scale and m[1].shape == memo_key.shape and m[1].device == memo_key.device
-                    and 0 < m[2] - step < self.refresh and torch.equal(m[1], memo_key)):
+                    and 0 < m[2] - step < self.refresh and torch.equal(m[1], memo_key) and torch.equal(m[4], origin)):
                 return m[3]
         p = self.patch_sizes[scale]
         hp, wp = rp.shape[-2] - p + 1, rp.shape[-1] - p + 1
         k = self.candidates
-        st = 1 if self.flips else self.search_stride
+        st = self._stride()
         basis, mean = getattr(self, f"idx_basis_{scale}"), getattr(self, f"idx_mean_{scale}")
         redT, rsq = getattr(self, f"idx_keysT_{scale}"), getattr(self, f"idx_sqpad_{scale}")
         per_block = max(1, self.chunk // redT.shape[1])
         out = []
         for i in range(rp.shape[0]):
-            pat = F.unfold(rp[i:i + 1], p, stride=st)[0].t()
-            upat = F.unfold(up[i:i + 1], p, stride=st)[0].t() if up is not None else None
+            sy, sx = (int(v) for v in (-origin[i]) % st)
+            pat = F.unfold(rp[i:i + 1, :, sy:, sx:], p, stride=st)[0].t()
+            upat = F.unfold(up[i:i + 1, :, sy:, sx:], p, stride=st)[0].t() if up is not None else None
             blocks = []
             for j in range(0, pat.shape[0], per_block):
                 # −‖P(q − cμ) − cP(y − μ)‖²/(2σ²) up to terms of q alone [+ the context's]
@@ -395,9 +420,9 @@ class PatchDenoiser(nn.Module):
                     sc.addmm_((upat[j:j + per_block] - cm) @ cb, getattr(self, f"idxc_keysT_{scale}"), alpha=1.0 / tau2)
                     sc.add_(getattr(self, f"idxc_sqpad_{scale}"), alpha=-1.0 / tau2)
                 blocks.append(_topk(sc, k))
-            out.append(self._spread(torch.cat(blocks), scale, hp, wp, st).to(torch.int32))
+            out.append(self._spread(torch.cat(blocks), scale, hp, wp, st, sy, sx).to(torch.int32))
         if self.refresh > 1 and memo_key is not None and step is not None:
-            self._qmemo = (scale, memo_key.clone(), step, out)
+            self._qmemo = (scale, memo_key.clone(), step, out, origin.clone())
         return out
 
     def _weigh(self, q, uq, c, var, scale: int, idx: torch.Tensor) -> torch.Tensor:

@@ -162,6 +162,8 @@ class TiledDenoiser(nn.Module):
             batch = torch.stack([x[i, :, sy[2]:sy[2] + size_h, sx[2]:sx[2] + size_w] for i, sy, sx in chunk])
             context = {} if blurry is None else {"gamma": gamma, "blurry": torch.stack(
                 [blurry[i, :, sy[2]:sy[2] + size_h, sx[2]:sx[2] + size_w] for i, sy, sx in chunk])}
+            if getattr(self.model, "takes_blurry", False):   # where each window lies (the patch search's grid)
+                context["origin"] = torch.tensor([[sy[2] - off, sx[2] - off] for _, sy, sx in chunk])
             res = self.model(batch, t[idx], scale_t[idx] if scale_t is not None else scale, **context)
             if out is None:
                 out = res.new_empty((n, res.shape[1], *out_hw))

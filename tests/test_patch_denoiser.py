@@ -417,3 +417,25 @@ def test_the_in_place_softmax_mean_equals_softmax_then_matmul(spread):
     want = torch.softmax(logits.double(), 1) @ values.double()
     got = _softmax_mean(logits.clone(), torch.cat([values, torch.ones(500, 1)], 1))
     assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("search", ["query", "context"])
+@pytest.mark.parametrize("oy, ox", [(3, 5), (2, 4), (1, 0)])
+def test_a_tile_told_its_origin_finds_what_the_whole_picture_finds(pyramid, schedule, search, oy, ox):
+    """The search grid is anchored in the whole picture: a window's interior (beyond the stated
+    receptive radius from its edges) equals the whole picture's, for odd and even offsets alike."""
+    x, xb = _inputs(n=1)
+    pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=4, search_stride=2, search=search,
+                       context_sigma=0.7)
+    t = torch.full((1,), 20)
+    whole = pd(x, t, 1, blurry=xb, gamma=0.3)
+    r = pd.receptive_radius
+    h, w = x.shape[-2:]
+    win = (slice(None), slice(None), slice(oy, h), slice(ox, w))
+    tile = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=4, search_stride=2, search=search,
+                         context_sigma=0.7)(x[win], t, 1, blurry=xb[win], gamma=0.3, origin=[[oy, ox]])
+    torch.testing.assert_close(tile[..., r:h - oy - r, r:w - ox - r], whole[..., oy + r:h - r, ox + r:w - r])
+    if (oy, ox) != (2, 4):   # without its origin, an odd offset puts the grid elsewhere
+        blind = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=4, search_stride=2, search=search,
+                              context_sigma=0.7)(x[win], t, 1, blurry=xb[win], gamma=0.3)
+        assert not torch.equal(blind[..., r:h - oy - r, r:w - ox - r], whole[..., oy + r:h - r, ox + r:w - r])

@@ -162,11 +162,15 @@ def test_patch_candidates_build_the_approximate_path_and_sample():
     pyramid = build_pyramid(load_rgb(PHOTO), 5000)
     config = Config()
     config.model.trained_scales = 0
-    assert build_denoiser(None, pyramid, config).patches.candidates is None       # exact by default
+    assert build_denoiser(None, pyramid, config).patches.candidates == 16         # the default
+    config.model.patch_candidates = None
+    assert build_denoiser(None, pyramid, config).patches.candidates is None       # exact
     config.model.patch_candidates = 8
     approx = build_denoiser(None, pyramid, config)
     assert approx.patches.candidates == 8
     loaded = picture_model(load_rgb(PHOTO), max_pixels=5000)
+    loaded.model = build_denoiser(None, pyramid, config_from_dict({"model": {"trained_scales": 0,
+                                                                             "patch_candidates": None}}))
     exact = generate(loaded, 1, loaded.pyramid.sizes_hw, [4, 3], seed=0, progress=False)[0]
     loaded.model = approx
     near = generate(loaded, 1, loaded.pyramid.sizes_hw, [4, 3], seed=0, progress=False)[0]

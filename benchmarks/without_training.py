@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Issue 29's protocol: trained (configs/cpu.yaml), hybrid (configs/hybrid-cpu.yaml) and
+training-free models of the photographs in assets/photos, side by side.
+
+    python benchmarks/without_training.py train  --threads 1          # both trainings per photo
+    python benchmarks/without_training.py sample --threads 2          # 16 samples per kind + metrics
+    python benchmarks/without_training.py table                       # the table and the figure
+
+Every step is resumable: a finished training (its model.safetensors) or an evaluated kind (its
+row in the JSON) is skipped. Training runs `sinddm train` in a child process, so its CPU seconds
+(user + system, all threads) are measured apart from this script's; sampling is timed in a child
+too. The same seeds everywhere: training seed 0, sampling seed 0, one batch size.
+Results: benchmarks/results/without-training-DATE.json (one row per photo and kind), the figure
+docs/images/without-training.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = REPO / "assets/photos"
+KINDS = {"trained": "configs/cpu.yaml", "hybrid": "configs/hybrid-cpu.yaml", "free": None}
+MAX_PIXELS = 12000          # cpu.yaml's image size: the training-free model works at the same size
+NUM = 16
+
+
+def photos(names: list[str] | None) -> list[Path]:
+    found = sorted(PHOTOS.glob("*.jpg"))
+    if names:
+        found = [p for p in found if p.stem in names]
+    return found
+
+
+def run_dir(root: Path, photo: Path, kind: str) -> Path:
+    return root / f"{photo.stem}-{kind}"
+
+
+def child_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def load_results(path: Path) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"date": str(datetime.date.today()), "machine": f"{os.cpu_count()}-core CPU", "rows": {}}
+
+
+def save_results(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def train(args) -> None:
+    data = load_results(args.json)
+    for photo in photos(args.photos):
+        for kind in ("trained", "hybrid"):
+            if kind not in args.kinds:
+                continue
+            out = run_dir(args.runs, photo, kind)
+            key = f"{photo.stem}/{kind}"
+            if (out / "model.safetensors").exists() and "train_cpu_s" in data["rows"].get(key, {}):
+                continue
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
+            cmd = [sys.executable, "-m", "sinddm", "train", str(photo), "--config", str(REPO / KINDS[kind]),
+                   "--out", str(out), "--seed", "0", "--quiet", "--overwrite"]
+            print(f"{key}: training ({args.threads} thread(s)) ...", flush=True)
+            c0, w0 = child_cpu_seconds(), time.perf_counter()
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            wall, cpu = time.perf_counter() - w0, child_cpu_seconds() - c0
+            if res.returncode:
+                print(f"{key}: training failed\n{res.stderr[-3000:]}", flush=True)
+                continue
+            row = data["rows"].setdefault(key, {})
+            row.update(train_wall_s=round(wall, 1), train_cpu_s=round(cpu, 1), train_threads=args.threads,
+                       train_load_after=round(os.getloadavg()[0], 2))
+            save_results(args.json, data)
+            print(f"{key}: {wall:.0f} s wall, {cpu:.0f} CPU s", flush=True)
+
+
+def sample_one(spec: str, out: str, num: int, max_pixels: int, candidates: int) -> dict:
+    """In the child: `num` samples (seed 0) of a run folder or picture, timed, then every metric.
+    `candidates` > 0 makes the patch denoiser's scales approximate (model.patch_candidates)."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from sinddm import hybrid
+    from sinddm.checkpoint import load_model
+    from sinddm.eval.run import evaluate_run
+    from sinddm.image_io import write_images
+    from sinddm.pipeline import generate
+    from sinddm.sources import is_picture, open_model
+
+    hybrid.PATCH_SETTINGS = dict(hybrid.PATCH_SETTINGS, candidates=candidates or None)
+    loaded = open_model(spec, max_pixels=max_pixels) if is_picture(spec) else load_model(spec)
+    w0, c0 = time.perf_counter(), time.process_time()
+    imgs = generate(loaded, num, loaded.pyramid.sizes_hw, loaded.start_t, seed=0, progress=False)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    write_images(Path(out) / "samples", imgs)
+    m = evaluate_run(loaded, out, num=num, samples_dir=Path(out) / "samples", progress=False)["aggregate"]
+    return {"sample_wall_s": round(wall, 1), "sample_cpu_s": round(cpu, 1), "sample_threads": torch.get_num_threads(),
+            "sample_hw": list(imgs[0].shape[-2:]), "num": num,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "swd": m["swd"]["mean"], "swd_std": m["swd"]["std"], "pixel_diversity": m["pixel_diversity"],
+            "copy_mean_region": m["copy_mean_region"]["mean"], "copy_large_fraction": m["copy_large_fraction"]["mean"],
+            "copy_max_region": m["copy_max_region"]["mean"],
+            "sifid64": (m.get("sifid64") or {}).get("mean")}
+
+
+def sample(args) -> None:
+    data = load_results(args.json)
+    for photo in photos(args.photos):
+        for kind in args.kinds:
+            key = f"{photo.stem}/{kind}"
+            row = data["rows"].setdefault(key, {})
+            if "swd" in row and not args.again:
+                continue
+            spec = str(photo) if kind == "free" else str(run_dir(args.runs, photo, kind))
+            if kind != "free" and not (Path(spec) / "model.safetensors").exists():
+                print(f"{key}: not trained yet, skipped", flush=True)
+                continue
+            out = run_dir(args.runs, photo, kind) / "protocol"
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
+            res = subprocess.run([sys.executable, __file__, "child", "--spec", spec, "--out", str(out),
+                                  "--candidates", str(args.candidates)],
+                                 env=env, capture_output=True, text=True)
+            if res.returncode:
+                print(f"{key}: sampling failed\n{res.stderr[-3000:]}", flush=True)
+                continue
+            row.update(json.loads(res.stdout.strip().splitlines()[-1]), samples=str(out / "samples"),
+                       patch_candidates=args.candidates if kind != "trained" else None)
+            save_results(args.json, data)
+            print(f"{key}: {row['sample_wall_s']:.1f} s for {NUM} samples, SWD {row['swd']:.4f}, "
+                  f"diversity {row['pixel_diversity']:.3f}, copy {100 * row['copy_large_fraction']:.1f} %", flush=True)
+
+
+def table(args) -> None:
+    """The markdown table (stdout) and one picture per photograph (training image, then a row of
+    samples per kind with its times) under docs/images/without-training/."""
+    data = load_results(args.json)
+    rows = data["rows"]
+    print("| photograph | kind | train CPU s | 16 samples, s | patch SWD | diversity | copy share |")
+    print("|---|---|---|---|---|---|---|")
+    for photo in photos(args.photos):
+        for kind in KINDS:
+            r = rows.get(f"{photo.stem}/{kind}", {})
+            if "swd" not in r:
+                continue
+            train_s = f"{r['train_cpu_s']:.0f}" if "train_cpu_s" in r else ("–" if kind == "free" else "?")
+            print(f"| {photo.stem} | {kind} | {train_s} | {r['sample_wall_s']:.1f} | {r['swd']:.4f} ± {r['swd_std']:.4f} "
+                  f"| {r['pixel_diversity']:.3f} | {100 * r['copy_large_fraction']:.1f} % |")
+        figure(photo, rows, args.figures)
+    print()
+    summary = targets(rows, [p.stem for p in photos(args.photos)])
+    for line in summary:
+        print(line)
+
+
+def targets(rows: dict, names: list[str]) -> list[str]:
+    """Issue 29's targets for the hybrid against cpu.yaml, photograph by photograph."""
+    out, n, wins = [], 0, 0
+    for name in names:
+        a, b = rows.get(f"{name}/trained", {}), rows.get(f"{name}/hybrid", {})
+        if "swd" not in a or "swd" not in b or "train_cpu_s" not in a or "train_cpu_s" not in b:
+            continue
+        n += 1
+        wins += b["swd"] <= a["swd"]
+        out.append(f"{name}: training {b['train_cpu_s'] / a['train_cpu_s']:.2f}x (≤ 0.33), "
+                   f"SWD {b['swd']:.4f} vs {a['swd']:.4f} ({'≤' if b['swd'] <= a['swd'] else '>'}), "
+                   f"diversity {b['pixel_diversity'] / a['pixel_diversity']:.2f}x (≥ 0.85), copy "
+                   f"{100 * (b['copy_large_fraction'] - a['copy_large_fraction']):+.1f} points (≤ +5)")
+    out.append(f"hybrid SWD at most cpu.yaml's on {wins} of {n} photographs (target: two thirds)")
+    return out
+
+
+def figure(photo: Path, rows: dict, folder: Path, per_row: int = 4) -> None:
+    from PIL import Image, ImageDraw
+
+    from sinddm.image_io import load_rgb
+
+    samples = {}
+    for kind in KINDS:
+        r = rows.get(f"{photo.stem}/{kind}", {})
+        if "samples" in r:
+            files = sorted(Path(r["samples"]).glob("sample_*.png"))[:per_row]
+            samples[kind] = (r, [Image.open(f).convert("RGB") for f in files])
+    if not samples:
+        return
+    first = next(iter(samples.values()))[1][0]
+    w, h = first.size
+    pad, label = 4, 16
+    train = load_rgb(photo)
+    train.thumbnail((w, h))
+    width = pad + (per_row + 1) * (w + pad)
+    height = pad + len(samples) * (h + label + pad)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (kind, (r, imgs)) in enumerate(samples.items()):
+        y = pad + i * (h + label + pad)
+        train_s = f"trained {r['train_cpu_s']:.0f} CPU s" if "train_cpu_s" in r else "no training"
+        draw.text((pad, y), f"{kind}: {train_s}; 16 samples {r['sample_wall_s']:.0f} s; SWD {r['swd']:.3f}",
+                  fill="black")
+        if i == 0:
+            sheet.paste(train, (pad, y + label))
+        for j, im in enumerate(imgs):
+            sheet.paste(im, (pad + (j + 1) * (w + pad), y + label))
+    folder.mkdir(parents=True, exist_ok=True)
+    sheet.save(folder / f"{photo.stem}.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["train", "sample", "table", "child"])
+    ap.add_argument("--again", action="store_true", help="sample: redo kinds already measured")
+    ap.add_argument("--candidates", type=int, default=16,
+                    help="sample: the patch denoiser's candidates for hybrid and training-free (0: exact)")
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--photos", nargs="*", help="photo names (stems) to use (default: all in assets/photos)")
+    ap.add_argument("--kinds", nargs="*", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=Path, default=REPO / "runs/photos", help="run folders go here")
+    ap.add_argument("--json", type=Path, default=REPO / f"benchmarks/results/without-training-{datetime.date.today()}.json")
+    ap.add_argument("--figures", type=Path, default=REPO / "docs/images/without-training",
+                    help="table: the per-photograph pictures go here")
+    args = ap.parse_args()
+    if args.what == "child":
+        print(json.dumps(sample_one(args.spec, args.out, NUM, MAX_PIXELS, args.candidates)))
+        return
+    {"train": train, "sample": sample, "table": table}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
