@@ -14,6 +14,7 @@ The core, read first:
   pipeline     seeded batches: the one batching loop of sampling and every edit
   tiling       the denoiser on tiles with a receptive-field halo (exact), or on a torus (seamless)
   patch_denoiser  the closed-form (training-free) denoiser over a level's own patches  (method §11)
+               patch_math: its tensor helpers (weighted means, exact top-k, search-grid spreading)
   hybrid       the network on the K coarsest scales, the patch denoiser on the rest   (method §11)
 
 The public object and its checks:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .patch_math import GROUP, patches_of, softmax_mean, spread_candidates, topk_by_groups
 from .pyramid import Pyramid
 from .schedule import Schedule
 
@@ -33,7 +34,6 @@ INDEX_DIMS = 16                  # principal components of the candidate index (
 MERGES = ("mean", "centre")
 SEARCHES = ("query", "context")
 SEARCH_STRIDE = 2                # one search per 2×2 query positions, its candidates shifted to the rest
-GROUP = 64                       # exact top-k via the maxima of groups of this many keys
 
 
 def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, int]:
@@ -46,35 +46,6 @@ def _per_scale(value, scales: list[int], n_scales: int, name: str) -> dict[int, 
         return {s: int(v) for s, v in zip(scales, value)}
     raise UserError(f"{name}: give one number, one per pyramid scale ({n_scales}) or one per entry of "
                     f"scales ({len(scales)}); got {len(value)}")
-
-
-def _topk(scores: torch.Tensor, k: int, group: int = GROUP) -> torch.Tensor:
-    """Indices of the k largest scores of each row, exactly, via the rows' group maxima: the k best
-    lie in the k groups of `group` columns with the largest maxima (a group holding one of them has
-    a maximum at least that good, and at most k−1 other groups can beat it). The width must be a
-    whole number of groups."""
-    q, n = scores.shape
-    if k * group * 4 > n:
-        return scores.topk(k, dim=1).indices
-    best = scores.view(q, n // group, group).amax(2).topk(k, dim=1).indices       # q×k groups
-    cols = (best[:, :, None] * group + torch.arange(group, device=scores.device)).view(q, k * group)
-    return cols.gather(1, scores.gather(1, cols).topk(k, dim=1).indices)
-
-
-def _softmax_mean(logits: torch.Tensor, values_1: torch.Tensor) -> torch.Tensor:
-    """softmax(logits) @ values, overwriting `logits`; `values_1` is [values | 1]. Exponents are
-    clamped at −80 first: a weight below e^−80 (2e−35, still a normal float) is as good as zero,
-    and the denormals that lower exponents give make exp several-fold slower on x86 CPUs. The
-    normaliser comes out of the same matmul (the column of ones) and divides Q×D numbers instead of
-    Q×N (measured 3-4× faster than torch.softmax then matmul on peaked rows)."""
-    logits.sub_(logits.amax(1, keepdim=True)).clamp_(min=-80.0).exp_()
-    out = logits @ values_1
-    return out[:, :-1] / out[:, -1:]
-
-
-def _patches(img: torch.Tensor, p: int) -> torch.Tensor:
-    """All valid p×p patches of a 3×H×W picture as rows: ((H−p+1)(W−p+1)) × 3p², channel-major."""
-    return F.unfold(img[None], p)[0].t().contiguous()
 
 
 class PatchDenoiser(nn.Module):
@@ -151,7 +122,7 @@ class PatchDenoiser(nn.Module):
                 y, b = torch.cat([y, y.flip(-1)], -1), torch.cat([b, b.flip(-1)], -1)
             self.key_grid = getattr(self, "key_grid", {})
             self.key_grid[s] = (y.shape[-2] - p + 1, y.shape[-1] - p + 1)
-            keys = _patches(y, p)
+            keys = patches_of(y, p)
             if flips:   # drop the patches that straddle the seam between the picture and its mirror
                 keys = self._unseam(keys, y.shape[-1] // 2, p)
             self.register_buffer(f"keys_{s}", keys)
@@ -161,7 +132,7 @@ class PatchDenoiser(nn.Module):
             self.register_buffer(f"vals_{s}", vals.contiguous(), persistent=False)
             self.register_buffer(f"vals1_{s}", F.pad(vals, (0, 1), value=1.0).contiguous(), persistent=False)
             if s > 0:
-                ctx = _patches(b, p)
+                ctx = patches_of(b, p)
                 ctx = self._unseam(ctx, b.shape[-1] // 2, p) if flips else ctx
                 self.register_buffer(f"ctx_{s}", ctx)
                 self.register_buffer(f"ctxT_{s}", ctx.t().contiguous(), persistent=False)
@@ -190,7 +161,7 @@ class PatchDenoiser(nn.Module):
             self.register_buffer(f"{name}_mean_{s}", mean)
             self.register_buffer(f"{name}_keys_{s}", red)
             self.register_buffer(f"{name}_sq_{s}", 0.5 * (red ** 2).sum(1))
-            # the same padded to whole groups of GROUP keys (the pads score −inf) for `_topk`
+            # the same padded to whole groups of GROUP keys (the pads score −inf) for `topk_by_groups`
             n_pad = -red.shape[0] % GROUP
             self.register_buffer(f"{name}_keysT_{s}", F.pad(red.t(), (0, n_pad)).contiguous(), persistent=False)
             self.register_buffer(f"{name}_sqpad_{s}", F.pad(0.5 * (red ** 2).sum(1), (0, n_pad), value=float("inf")),
@@ -292,8 +263,8 @@ class PatchDenoiser(nn.Module):
         for i in range(n):
             for r0 in range(0, hp, rows):
                 r1 = min(hp, r0 + rows)
-                q = _patches(rp[i, :, r0:r1 + p - 1], p)
-                uq = _patches(up[i, :, r0:r1 + p - 1], p) if up is not None else None
+                q = patches_of(rp[i, :, r0:r1 + p - 1], p)
+                uq = patches_of(up[i, :, r0:r1 + p - 1], p) if up is not None else None
                 base = r0 * wp
                 est = torch.cat([self._block(q[k:k + per_block], uq[k:k + per_block] if uq is not None else None,
                                              c, var, scale, None if cands is None else
@@ -327,7 +298,7 @@ class PatchDenoiser(nn.Module):
             tau2 = self.context_sigma ** 2
             logits.addmm_(uq, getattr(self, f"ctxT_{scale}"), alpha=1.0 / tau2)
             logits.add_(getattr(self, f"ctxsq_{scale}"), alpha=-1.0 / tau2)
-        return _softmax_mean(logits, getattr(self, f"vals1_{scale}"))
+        return softmax_mean(logits, getattr(self, f"vals1_{scale}"))
 
     def _values(self, scale: int, keys: torch.Tensor) -> torch.Tensor:
         if self.merge == "mean":
@@ -359,31 +330,9 @@ class PatchDenoiser(nn.Module):
             # nearest blurry key: largest u·b − ‖b‖²/2 in the index's components
             idx = torch.cat([torch.addmm(rsq, (pat[j:j + per_block] - mean) @ basis, red.t(), beta=-1.0)
                              .topk(k, dim=1).indices for j in range(0, pat.shape[0], per_block)])
-            out.append(self._spread(idx, scale, hp, wp, st, sy, sx).to(torch.int32))
+            out.append(spread_candidates(idx, self.key_grid[scale], hp, wp, st, sy, sx).to(torch.int32))
         self._memo = (scale, up.clone(), out, origin.clone())
         return out
-
-    def _spread(self, idx: torch.Tensor, scale: int, hp: int, wp: int, st: int, sy: int = 0,
-                sx: int = 0) -> torch.Tensor:
-        """Candidates found on the grid of positions (sy + st·a, sx + st·b) → all hp×wp positions:
-        (y, x) takes its grid parent's candidates moved by the same offset (a patch one pixel on
-        matches a key one pixel on). The grid is anchored in the whole picture (`origin`), so a
-        tile's positions have the parents they have in the whole picture, but in its margin."""
-        if st == 1:
-            return idx
-        hk, wk = self.key_grid[scale]
-        hs, ws = (hp - sy + st - 1) // st, (wp - sx + st - 1) // st
-        yy = torch.arange(hp, device=idx.device)
-        xx = torch.arange(wp, device=idx.device)
-        ay = torch.div(yy - sy, st, rounding_mode="floor").clamp_(0, hs - 1)
-        ax = torch.div(xx - sx, st, rounding_mode="floor").clamp_(0, ws - 1)
-        parent = (ay[:, None] * ws + ax[None, :]).flatten()
-        dy = (yy - sy - st * ay)[:, None].expand(hp, wp).flatten()[:, None]
-        dx = (xx - sx - st * ax)[None, :].expand(hp, wp).flatten()[:, None]
-        idx = idx[parent]
-        ky = (idx // wk + dy).clamp_(0, hk - 1)
-        kx = (idx % wk + dx).clamp_(0, wk - 1)
-        return ky * wk + kx
 
     def _query_candidates(self, rp: torch.Tensor, up: torch.Tensor | None, c, var, scale: int, step,
                           memo_key: torch.Tensor | None, origin: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -419,8 +368,8 @@ class PatchDenoiser(nn.Module):
                     cb, cm = getattr(self, f"idxc_basis_{scale}"), getattr(self, f"idxc_mean_{scale}")
                     sc.addmm_((upat[j:j + per_block] - cm) @ cb, getattr(self, f"idxc_keysT_{scale}"), alpha=1.0 / tau2)
                     sc.add_(getattr(self, f"idxc_sqpad_{scale}"), alpha=-1.0 / tau2)
-                blocks.append(_topk(sc, k))
-            out.append(self._spread(torch.cat(blocks), scale, hp, wp, st, sy, sx).to(torch.int32))
+                blocks.append(topk_by_groups(sc, k))
+            out.append(spread_candidates(torch.cat(blocks), self.key_grid[scale], hp, wp, st, sy, sx).to(torch.int32))
         if self.refresh > 1 and memo_key is not None and step is not None:
             self._qmemo = (scale, memo_key.clone(), step, out, origin.clone())
         return out

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sinddm.errors import UserError
-from sinddm.patch_denoiser import PatchDenoiser, _softmax_mean
+from sinddm.patch_denoiser import PatchDenoiser
+from sinddm.patch_math import softmax_mean
 from sinddm.pyramid import Pyramid
 from sinddm.samplers import predict_x0, q_sample
 from sinddm.schedule import Schedule
@@ -268,7 +269,7 @@ def test_scale_not_served(pyramid, schedule):
 # -- the approximate path's searches ----------------------------------------------------------------
 
 def test_grouped_topk_is_exact():
-    from sinddm.patch_denoiser import _topk
+    from sinddm.patch_math import topk_by_groups as _topk
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(300, 64 * 40, generator=g)
     scores[:, -5:] = float("-inf")                      # padding columns
@@ -286,7 +287,7 @@ def test_query_search_in_all_dimensions_weighs_the_best_keys(pyramid, schedule):
     rp = pd._pad(x, 3)
     cands = pd._query_candidates(rp, None, float(schedule.sqrt_alphas_cumprod[t]),
                                  float(schedule.sqrt_one_minus_alphas_cumprod[t]) ** 2, 0, t, None)[0].long()
-    from sinddm.patch_denoiser import _patches
+    from sinddm.patch_math import patches_of as _patches
     a = float(schedule.sqrt_alphas_cumprod[t])
     sig2 = float(schedule.sqrt_one_minus_alphas_cumprod[t]) ** 2
     q = _patches(rp[0], 3).double()
@@ -312,7 +313,7 @@ def test_query_search_refresh_reuses_candidates_within_a_scale(pyramid, schedule
 
 def _nearest_blurry(pd, u, scale, k):
     """Brute force: per position of the padded blurry picture, the k keys with the nearest blurry patch."""
-    from sinddm.patch_denoiser import _patches
+    from sinddm.patch_math import patches_of as _patches
     p = pd.patch_sizes[scale]
     pat = _patches(pd._pad(u, p)[0], p).double()
     ctx = pd.ctx_1.double()
@@ -332,7 +333,7 @@ def test_context_search_finds_the_nearest_blurry_patches(pyramid, schedule):
 
 def test_context_path_weighs_its_candidates_exactly(pyramid, schedule):
     """ŷ at each pixel is the float64 posterior mean over that position's candidates (centre merge)."""
-    from sinddm.patch_denoiser import _patches
+    from sinddm.patch_math import patches_of as _patches
     x, xb = _inputs(n=1)
     pd = PatchDenoiser(pyramid, schedule, patch_size=3, candidates=5, search="context")
     t, gamma = 12, 0.3
@@ -415,7 +416,7 @@ def test_the_in_place_softmax_mean_equals_softmax_then_matmul(spread):
     logits = torch.randn((64, 500), generator=gen) * spread
     values = torch.randn((500, 3), generator=gen)
     want = torch.softmax(logits.double(), 1) @ values.double()
-    got = _softmax_mean(logits.clone(), torch.cat([values, torch.ones(500, 1)], 1))
+    got = softmax_mean(logits.clone(), torch.cat([values, torch.ones(500, 1)], 1))
     assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
