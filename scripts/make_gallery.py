@@ -1,14 +1,20 @@
-"""Regenerate the README gallery (docs/gallery/) from a shipped model, on CPU.
+"""Regenerate the README gallery (docs/gallery/) from a shipped model and photographs, on CPU.
 
     python scripts/make_gallery.py [--model assets/models/hubble-small.safetensors] [--out docs/gallery]
+    python scripts/make_gallery.py --skip-model [--photos-runs runs/photos] [--photos dandelions ...]
 
 Every picture comes from one `sinddm` command (printed as it runs), seeded, so the gallery
-is reproducible; the panels only add the inputs beside the outputs. About 4 minutes on 2 cores.
+is reproducible; the panels only add the inputs beside the outputs. The shipped model's part takes
+about 4 minutes on 2 cores. The photographs' part makes photos-NAME.png for each photograph
+assets/photos/NAME.jpg: its training image (12k px), then 4 samples each from the runs
+PHOTOS_RUNS/NAME-trained (configs/cpu.yaml) and PHOTOS_RUNS/NAME-hybrid (configs/hybrid-cpu.yaml),
+where both exist, and from the picture itself as a training-free model.
 """
 import argparse
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +25,16 @@ sys.path.insert(0, str(ROOT))
 
 from sinddm.checkpoint import load_model  # noqa: E402
 from sinddm.cli import main as sinddm  # noqa: E402
-from sinddm.image_io import make_grid  # noqa: E402
+from sinddm.image_io import load_rgb, make_grid  # noqa: E402
+from sinddm.sources import picture_model  # noqa: E402
 
 GAP = 4
 BACKGROUND = (255, 255, 255)
+# The photographs docs/gallery.md shows (assets/photos/NAME.jpg), their pixel cap (cpu.yaml's and
+# hybrid-cpu.yaml's) and the seed of every sample row.
+PHOTOS = ["autumn-mountains", "dandelions", "foliage", "forest-stream", "mountain-trail"]
+PHOTO_PIXELS = 12000
+PHOTO_SEED = 6
 
 
 def run(*args: str) -> None:
@@ -35,11 +47,17 @@ def pictures(folder: Path) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*_[0-9][0-9][0-9].png"))]
 
 
-def row(images: list[Image.Image], zoom: int, label: str | None = None) -> Image.Image:
-    """The images side by side (nearest-neighbour zoom: the pixels are the result), a caption on the left."""
+def label_width(label: str) -> int:
+    return 8 + 7 * len(label)
+
+
+def row(images: list[Image.Image], zoom: int, label: str | None = None, label_w: int | None = None) -> Image.Image:
+    """The images side by side (nearest-neighbour zoom: the pixels are the result), a caption on the left
+    in a margin `label_w` px wide (default: the caption's width)."""
     tiles = make_grid([np.asarray(im.resize((im.width * zoom, im.height * zoom), Image.NEAREST)) for im in images],
                       pad=GAP, ncol=len(images))
-    label_w = 0 if label is None else 8 + 7 * len(label)
+    if label_w is None:
+        label_w = 0 if label is None else label_width(label)
     canvas = Image.new("RGB", (label_w + tiles.shape[1], tiles.shape[0]), BACKGROUND)
     canvas.paste(Image.fromarray(tiles), (label_w, 0))
     if label is not None:
@@ -65,15 +83,43 @@ def boxed(image: Image.Image, boxes: list[tuple[int, int, int, int]], colour=(25
     return image
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(ROOT / "assets/models/hubble-small.safetensors"))
-    ap.add_argument("--out", default=str(ROOT / "docs/gallery"))
-    ap.add_argument("--zoom", type=int, default=2, help="nearest-neighbour zoom of the pictures")
-    ap.add_argument("--source", default="74,17,16,16", help="roi-copy source box y,x,h,w")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def shown(path: Path) -> str:
+    """`path` relative to the current folder where it lies below it, so the printed commands read as typed."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def photo_gallery(name: str, runs: Path, out: Path, zoom: int, tmp: Path) -> Path:
+    """photos-NAME.png: the training image, then a row of samples per model (trained, hybrid,
+    training-free; the first two only where both runs have a model.safetensors)."""
+    photo = ROOT / "assets/photos" / f"{name}.jpg"
+    if not photo.is_file():
+        raise SystemExit(f"no photograph {photo}")
+    seed = ["--num", "4", "--seed", str(PHOTO_SEED)]
+    models = [(runs / f"{name}-trained", "trained (cpu.yaml)"), (runs / f"{name}-hybrid", "hybrid (hybrid-cpu.yaml)")]
+    if not all((d / "model.safetensors").is_file() for d, _ in models):
+        print(f"{name}: no model.safetensors in both {shown(models[0][0])} and {shown(models[1][0])}: "
+              "training-free row only", flush=True)
+        models = []
+    # The training image: the finest pyramid level (the trained run's, else the one training would build).
+    pyramid = (load_model(models[0][0]) if models else picture_model(load_rgb(photo), PHOTO_PIXELS)).pyramid
+    labels = ["training", *(label for _, label in models), "training-free"]
+    w = max(label_width(label) for label in labels)
+    rows = [row([Image.fromarray(pyramid.levels[-1])], zoom, "training", w)]
+    for i, (run_dir, label) in enumerate(models):
+        run("sample", shown(run_dir), *seed, "--out", str(tmp / f"{name}-{i}"))
+        rows.append(row(pictures(tmp / f"{name}-{i}"), zoom, label, w))
+    run("sample", shown(photo), "--max-pixels", str(PHOTO_PIXELS), *seed, "--out", str(tmp / f"{name}-free"))
+    rows.append(row(pictures(tmp / f"{name}-free"), zoom, "training-free", w))
+    target = out / f"photos-{name}.png"
+    column(rows).save(target)
+    return target
+
+
+def model_gallery(args: argparse.Namespace, out: Path) -> None:
+    """The shipped model's pictures: samples, object sizes, harmonization, style transfer, ROI copy."""
     loaded = load_model(args.model)
     training = Image.fromarray(loaded.pyramid.levels[-1])
     fh, fw = loaded.pyramid.sizes_hw[-1]
@@ -125,6 +171,31 @@ def main() -> None:
             "--num", "3", "--seed", "5", "--out", str(tmp / "roi"))
         row([boxed(training, [source]), *[boxed(p, targets, (0, 200, 255)) for p in pictures(tmp / "roi")]], z,
             "source | targets").save(out / "roi_copy.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "assets/models/hubble-small.safetensors"))
+    ap.add_argument("--out", default=str(ROOT / "docs/gallery"))
+    ap.add_argument("--zoom", type=int, default=2, help="nearest-neighbour zoom of the pictures")
+    ap.add_argument("--source", default="74,17,16,16", help="roi-copy source box y,x,h,w")
+    ap.add_argument("--photos-runs", default=str(ROOT / "runs/photos"), metavar="DIR",
+                    help="where the photographs' runs NAME-trained and NAME-hybrid are (default runs/photos)")
+    ap.add_argument("--photos", nargs="+", default=PHOTOS, metavar="NAME",
+                    help=f"the photographs assets/photos/NAME.jpg to show (default: {' '.join(PHOTOS)})")
+    ap.add_argument("--skip-model", action="store_true", help="only the photographs, not the shipped model's pictures")
+    ap.add_argument("--skip-photos", action="store_true", help="only the shipped model's pictures")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.skip_model:
+        model_gallery(args, out)
+    if not args.skip_photos:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.photos:
+                start = time.perf_counter()
+                target = photo_gallery(name, Path(args.photos_runs), out, args.zoom, Path(tmp))
+                print(f"{target} in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"gallery written to {out}")
 
 

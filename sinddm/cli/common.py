@@ -98,7 +98,8 @@ def add_size_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_start_t_argument(p: argparse.ArgumentParser, ranges: bool = False) -> None:
     text = ("start timesteps T[1] .. T[N-1] in 1..99 (or T[0] .. T[N-1], T[0] in 1..100); default from the "
-            "pyramid; higher: more change at that scale" if ranges else
+            "pyramid; higher: more change at that scale (a picture given as the model starts scale 0 from "
+            "itself noised to T[0], default 60)" if ranges else
             "start timesteps T[1] .. T[N-1] (or T[0] .. T[N-1]); default from the pyramid")
     p.add_argument("--start-t", nargs="+", type=int, metavar="T", help=text)
 

@@ -17,7 +17,8 @@ def add_parsers(sub) -> None:
     add_start_t_argument(s, ranges=True)
     s.add_argument("--scale0-steps", type=int, metavar="K",
                    help="sample the coarsest scale in K evenly spaced DDPM steps instead of all 100 (faster: "
-                        "K=25 cuts the coarsest scale's time 4x; see docs/fast-sampling.md for what it costs)")
+                        "K=25 cuts the coarsest scale's time 4x; see docs/fast-sampling.md for what it costs); a picture "
+                        "given as the model then starts from pure noise, without its layout")
     s.add_argument("--tileable", action="store_true",
                    help="a seamless texture: the network pads circularly and the scales up-sample around a "
                         "torus, so the picture tiles without a seam")
