@@ -127,7 +127,7 @@ def sample(args) -> None:
             if "swd" in row and not args.again:
                 continue
             spec = str(photo) if kind == "free" else str(run_dir(args.runs, photo, kind))
-            if kind != "free" and not (Path(spec) / "model.safetensors").exists():
+            if kind != "free" and not (Path(spec) / "samples_grid.png").exists():   # written last, when done
                 print(f"{key}: not trained yet, skipped", flush=True)
                 continue
             out = run_dir(args.runs, photo, kind) / "protocol"
@@ -161,6 +161,20 @@ def table(args) -> None:
             print(f"| {photo.stem} | {kind} | {train_s} | {r['sample_wall_s']:.1f} | {r['swd']:.4f} ± {r['swd_std']:.4f} "
                   f"| {r['pixel_diversity']:.3f} | {100 * r['copy_large_fraction']:.1f} % |")
         figure(photo, rows, args.figures)
+    print()
+    names = [p.stem for p in photos(args.photos) if all("swd" in rows.get(f"{p.stem}/{k}", {}) for k in KINDS)]
+    print(f"means over the {len(names)} photographs with all three kinds:")
+    print("| | " + " | ".join(KINDS) + " |")
+    print("|---|" + "---|" * len(KINDS))
+    for label, key, fmt in (("training, CPU s", "train_cpu_s", "{:.0f}"), ("16 samples, wall s", "sample_wall_s", "{:.0f}"),
+                            ("16 samples, CPU s", "sample_cpu_s", "{:.0f}"), ("patch SWD", "swd", "{:.4f}"),
+                            ("diversity", "pixel_diversity", "{:.3f}"), ("copy share", "copy_large_fraction", "{:.1%}")):
+        cells = []
+        for kind in KINDS:
+            vals = [rows[f"{n}/{kind}"].get(key) for n in names]
+            vals = [v for v in vals if v is not None]
+            cells.append(fmt.format(sum(vals) / len(vals)) if vals else "–")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print()
     summary = targets(rows, [p.stem for p in photos(args.photos)])
     for line in summary:
@@ -208,9 +222,10 @@ def figure(photo: Path, rows: dict, folder: Path, per_row: int = 4) -> None:
     draw = ImageDraw.Draw(sheet)
     for i, (kind, (r, imgs)) in enumerate(samples.items()):
         y = pad + i * (h + label + pad)
-        train_s = f"trained {r['train_cpu_s']:.0f} CPU s" if "train_cpu_s" in r else "no training"
-        draw.text((pad, y), f"{kind}: {train_s}; 16 samples {r['sample_wall_s']:.0f} s; SWD {r['swd']:.3f}",
-                  fill="black")
+        name = {"trained": "cpu.yaml", "hybrid": "hybrid-cpu.yaml", "free": "training-free"}[kind]
+        train_s = f"{r['train_cpu_s']:.0f} CPU s of training" if "train_cpu_s" in r else "no training"
+        draw.text((pad, y), f"{name}: {train_s}; 16 samples in {r['sample_cpu_s']:.0f} CPU s; patch SWD "
+                  f"{r['swd']:.3f}", fill="black")
         if i == 0:
             sheet.paste(train, (pad, y + label))
         for j, im in enumerate(imgs):
