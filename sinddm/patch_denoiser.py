@@ -216,8 +216,8 @@ class PatchDenoiser(nn.Module):
                             f"patch_size {p}")
         g = 0.0 if gamma is None or blurry is None else float(gamma)
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        origin = torch.zeros((x.shape[0], 2), dtype=torch.long) if origin is None else \
-            torch.as_tensor(origin, dtype=torch.long).reshape(x.shape[0], 2).cpu()
+        if origin is not None:
+            origin = torch.as_tensor(origin, dtype=torch.long).reshape(x.shape[0], 2).cpu()
         x = x.float()
         out = torch.empty_like(x)
         for tv in torch.unique(t).tolist():   # in practice one t for the whole batch
@@ -229,7 +229,7 @@ class PatchDenoiser(nn.Module):
             c = a * (1 - g)
             y_hat = self.posterior_mean(r, c, sigma * sigma, scale, u if self.context_sigma is not None and scale > 0
                                         else None, search_u=u if scale > 0 else None, step=tv,
-                                        origin=origin[sel.cpu()])
+                                        origin=None if origin is None else origin[sel.cpu()])
             out[sel] = (r - c * y_hat) / sigma
         return out
 
@@ -247,7 +247,6 @@ class PatchDenoiser(nn.Module):
         cands = None
         if self.candidates is not None and self.candidates < getattr(self, f"keys_{scale}").shape[0]:
             sp = self._pad(search_u, p) if search_u is not None else None
-            origin = torch.zeros((n, 2), dtype=torch.long) if origin is None else origin
             if self.search == "context" and sp is not None:
                 cands = self._context_candidates(sp, scale, hp, wp, origin)
             else:
