@@ -89,9 +89,11 @@ def train(args) -> None:
             print(f"{key}: {wall:.0f} s wall, {cpu:.0f} CPU s", flush=True)
 
 
-def sample_one(spec: str, out: str, num: int, max_pixels: int, candidates: int) -> dict:
+def sample_one(spec: str, out: str, num: int, max_pixels: int, candidates: int,
+               context_sigma: float | None = 1.0, patch_steps: int | None = None) -> dict:
     """In the child: `num` samples (seed 0) of a run folder or picture, timed, then every metric.
-    `candidates` > 0 makes the patch denoiser's scales approximate (model.patch_candidates)."""
+    `candidates` > 0 makes the patch denoiser's scales approximate (model.patch_candidates);
+    `context_sigma` is τ of the blurry context (0: none); `patch_steps` overrides model.patch_steps."""
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -102,8 +104,11 @@ def sample_one(spec: str, out: str, num: int, max_pixels: int, candidates: int) 
     from sinddm.pipeline import generate
     from sinddm.sources import is_picture, open_model
 
-    hybrid.PATCH_SETTINGS = dict(hybrid.PATCH_SETTINGS, candidates=candidates or None)
+    hybrid.PATCH_SETTINGS = dict(hybrid.PATCH_SETTINGS, candidates=candidates or None,
+                                 context_sigma=context_sigma or None)
     loaded = open_model(spec, max_pixels=max_pixels) if is_picture(spec) else load_model(spec)
+    if patch_steps:
+        loaded.config.model.patch_steps = patch_steps
     w0, c0 = time.perf_counter(), time.process_time()
     imgs = generate(loaded, num, loaded.pyramid.sizes_hw, loaded.start_t, seed=0, progress=False)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
@@ -130,16 +135,20 @@ def sample(args) -> None:
             if kind != "free" and not (Path(spec) / "samples_grid.png").exists():   # written last, when done
                 print(f"{key}: not trained yet, skipped", flush=True)
                 continue
-            out = run_dir(args.runs, photo, kind) / "protocol"
+            out = run_dir(args.runs, photo, kind) / ("protocol-" + args.variant if args.variant else "protocol")
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
             res = subprocess.run([sys.executable, __file__, "child", "--spec", spec, "--out", str(out),
-                                  "--candidates", str(args.candidates)],
+                                  "--candidates", str(args.candidates), "--context-sigma", str(args.context_sigma),
+                                  "--patch-steps", str(args.patch_steps)],
                                  env=env, capture_output=True, text=True)
             if res.returncode:
                 print(f"{key}: sampling failed\n{res.stderr[-3000:]}", flush=True)
                 continue
+            patch = kind != "trained"
             row.update(json.loads(res.stdout.strip().splitlines()[-1]), samples=str(out / "samples"),
-                       patch_candidates=args.candidates if kind != "trained" else None)
+                       patch_candidates=args.candidates if patch else None,
+                       context_sigma=(args.context_sigma or None) if patch else None,
+                       patch_steps=(args.patch_steps or None) if patch else None)
             save_results(args.json, data)
             print(f"{key}: {row['sample_wall_s']:.1f} s for {NUM} samples, SWD {row['swd']:.4f}, "
                   f"diversity {row['pixel_diversity']:.3f}, copy {100 * row['copy_large_fraction']:.1f} %", flush=True)
@@ -240,6 +249,13 @@ def main() -> None:
     ap.add_argument("--again", action="store_true", help="sample: redo kinds already measured")
     ap.add_argument("--candidates", type=int, default=16,
                     help="sample: the patch denoiser's candidates for hybrid and training-free (0: exact)")
+    ap.add_argument("--context-sigma", type=float, default=1.0,
+                    help="sample: τ of the patch denoiser's blurry context (0: none; default 1, the library's)")
+    ap.add_argument("--patch-steps", type=int, default=0,
+                    help="sample: the patch scales' respaced steps (0: the model's model.patch_steps)")
+    ap.add_argument("--variant", default="",
+                    help="sample: a name for these settings: samples go to <run>/protocol-NAME "
+                         "(use with its own --json)")
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--photos", nargs="*", help="photo names (stems) to use (default: all in assets/photos)")
@@ -251,7 +267,8 @@ def main() -> None:
                     help="table: the per-photograph pictures go here")
     args = ap.parse_args()
     if args.what == "child":
-        print(json.dumps(sample_one(args.spec, args.out, NUM, MAX_PIXELS, args.candidates)))
+        print(json.dumps(sample_one(args.spec, args.out, NUM, MAX_PIXELS, args.candidates,
+                                    args.context_sigma, args.patch_steps)))
         return
     {"train": train, "sample": sample, "table": table}[args.what](args)
 
