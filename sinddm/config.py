@@ -19,6 +19,7 @@ from .schedule import T_STEPS
 PATCH_STEPS = 10   # model.patch_steps' default, measured (docs/method.md §11.10)
 LAYOUT_T = 60      # model.layout_t's default, measured (docs/method.md §11.11)
 PATCH_CANDIDATES = 16   # model.patch_candidates' default, measured (docs/method.md §11.12)
+PATCH_CONTEXT = 1.0     # model.patch_context's default, measured (docs/method.md §11.11, §11.13)
 
 
 @dataclass
@@ -43,6 +44,11 @@ class ModelConfig:
     # a 16-dimensional index (method §11.6, §11.12): 3-4x faster at the same quality, but tiles
     # (--tile) no longer give bit-equal pictures. null: every patch, the exact posterior.
     patch_candidates: Optional[int] = field(default=PATCH_CANDIDATES, metadata={"type": int})
+    # τ of the blurry context at the finer patch scales: each patch is also weighed by how well its
+    # blurry version matches the up-sampled coarser scale there, which keeps a scene's layout
+    # (method §11.11). Larger: looser. null: no context, better for textures, which have no layout
+    # to keep (method §11.13).
+    patch_context: Optional[float] = field(default=PATCH_CONTEXT, metadata={"type": float})
 
 
 @dataclass
@@ -149,6 +155,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(n is None or n >= 2, "model.patch_steps must be >= 2, or null for every step")
     kc = cfg.model.patch_candidates
     need(kc is None or kc >= 1, "model.patch_candidates must be >= 1, or null for the exact posterior")
+    tau = cfg.model.patch_context
+    need(tau is None or (math.isfinite(tau) and tau > 0), "model.patch_context must be > 0, or null for no context")
     lt = cfg.model.layout_t
     need(lt is None or 1 <= lt < T_STEPS, f"model.layout_t must be in 1..{T_STEPS - 1}, or null for pure noise")
     t = cfg.train

@@ -17,11 +17,9 @@ from .pyramid import Pyramid
 from .schedule import Schedule
 from .tiling import receptive_radius
 
-# The patch denoiser's settings for models built here, beside those a model's config holds
-# (`model.patch_candidates`: exact or approximate). The blurry context (τ = 1) keeps a scene's
-# layout through the finer scales (method §11.11: on a mountain photograph, training-free, patch
-# SWD 0.056 and 5 % copied against 0.139 and a patchwork without).
-PATCH_SETTINGS: dict = dict(context_sigma=1.0)
+# Settings of the patch denoisers built here that override what a model's config says
+# (`model.patch_candidates`, `model.patch_context`): for benchmarks that vary them. Empty: the config's.
+PATCH_SETTINGS: dict = {}
 
 # Width used for memory estimates (batch size, tiling) when there is no network: the patch
 # denoiser's live tensors per pixel are about those of a network this wide.
@@ -77,9 +75,8 @@ def build_denoiser(network: nn.Module | None, pyramid: Pyramid, config: Config,
         raise UserError(f"{source}: {e}") from None
     if k == pyramid.n_scales:
         return network
-    settings = dict(PATCH_SETTINGS)
-    if config.model.patch_candidates is not None:
-        settings["candidates"] = config.model.patch_candidates
+    settings = dict(candidates=config.model.patch_candidates, context_sigma=config.model.patch_context)
+    settings.update(PATCH_SETTINGS)
     patches = PatchDenoiser(pyramid, Schedule.cosine(), scales=range(k, pyramid.n_scales), **settings)
     return HybridDenoiser(network if k > 0 else None, patches, k)
 

@@ -1,5 +1,6 @@
 """The patch denoiser's settings in a model's config: respaced steps (`model.patch_steps`, method
-§11.10), the layout start (`model.layout_t`, §11.11) and candidates (`model.patch_candidates`, §11.12)."""
+§11.10), the layout start (`model.layout_t`, §11.11), candidates (`model.patch_candidates`, §11.12) and the blurry context
+(`model.patch_context`, §11.13)."""
 
 from __future__ import annotations
 
@@ -182,3 +183,47 @@ def test_patch_candidates_build_the_approximate_path_and_sample():
 def test_config_refuses_fewer_than_one_candidate(value):
     with pytest.raises(UserError, match="model.patch_candidates must be >= 1"):
         config_from_dict({"model": {"patch_candidates": value}})
+
+
+# -- the blurry context -------------------------------------------------------------------------
+
+def test_patch_context_sets_tau_and_benchmark_overrides_win(monkeypatch):
+    from sinddm import hybrid
+    from sinddm.config import PATCH_CONTEXT
+    from sinddm.pyramid import build_pyramid
+
+    pyramid = build_pyramid(load_rgb(PHOTO), 5000)
+
+    def tau(model_section, overrides=None):
+        if overrides is not None:
+            monkeypatch.setattr(hybrid, "PATCH_SETTINGS", overrides)
+        config = config_from_dict({"model": {"trained_scales": 0, **model_section}})
+        return hybrid.build_denoiser(None, pyramid, config).patches.context_sigma
+
+    assert tau({}) == PATCH_CONTEXT == 1.0                     # the default
+    assert tau({"patch_context": 2.5}) == 2.5
+    assert tau({"patch_context": None}) is None               # no context
+    assert tau({"patch_context": 2.5}, {"context_sigma": None}) is None
+
+
+def test_patch_context_changes_the_finer_scales_only():
+    """τ weighs the blurry context, which exists at the finer scales only: scale 0 is the same
+    picture with or without it, the finest is not."""
+    from sinddm.hybrid import build_denoiser
+
+    loaded = picture_model(load_rgb(PHOTO), max_pixels=5000)
+    outs = []
+    for tau in (1.0, None):
+        loaded.model = build_denoiser(None, loaded.pyramid, config_from_dict(
+            {"model": {"trained_scales": 0, "patch_context": tau}}))
+        outs.append(generate(loaded, 1, loaded.pyramid.sizes_hw, [20, 40], seed=0, progress=False,
+                             all_scales=True))
+    (with0, *_, with_fine), (without0, *_, without_fine) = outs
+    assert torch.equal(with0[0], without0[0])
+    assert (with_fine[0] - without_fine[0]).abs().mean() > 0.01
+
+
+@pytest.mark.parametrize("value", [0, -1.0, ".nan", "inf"])
+def test_config_refuses_a_patch_context_that_is_not_positive(value):
+    with pytest.raises(UserError, match=r"model.patch_context"):
+        config_from_dict({"model": {"patch_context": value}})
