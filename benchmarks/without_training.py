@@ -5,6 +5,8 @@ training-free models of the photographs in assets/photos, side by side.
     python benchmarks/without_training.py train  --threads 1          # both trainings per photo
     python benchmarks/without_training.py sample --threads 2          # 16 samples per kind + metrics
     python benchmarks/without_training.py table                       # the table and the figure
+    python benchmarks/without_training.py sample --kinds hybrid --context-sigma 0 --variant tau0 --json J
+    python benchmarks/without_training.py compare --variants "no context=J"   # variants, side by side
 
 Every step is resumable: a finished training (its model.safetensors) or an evaluated kind (its
 row in the JSON) is skipped. Training runs `sinddm train` in a child process, so its CPU seconds
@@ -93,7 +95,8 @@ def sample_one(spec: str, out: str, num: int, max_pixels: int, candidates: int,
                context_sigma: float | None = 1.0, patch_steps: int | None = None) -> dict:
     """In the child: `num` samples (seed 0) of a run folder or picture, timed, then every metric.
     `candidates` > 0 makes the patch denoiser's scales approximate (model.patch_candidates);
-    `context_sigma` is τ of the blurry context (0: none); `patch_steps` overrides model.patch_steps."""
+    `context_sigma` is τ of the blurry context (0: none); `patch_steps` overrides model.patch_steps.
+    Both patch settings override the model's config (`hybrid.PATCH_SETTINGS`)."""
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -226,44 +229,65 @@ def targets(rows: dict, names: list[str]) -> list[str]:
 
 
 def figure(photo: Path, rows: dict, folder: Path, per_row: int = 4) -> None:
+    """folder/NAME.png: the training image, then a row of samples per kind with its times."""
+    labelled = []
+    for kind in KINDS:
+        r = rows.get(f"{photo.stem}/{kind}", {})
+        if "samples" in r:
+            name = {"trained": "cpu.yaml", "hybrid": "hybrid-cpu.yaml", "free": "training-free"}[kind]
+            train_s = f"{r['train_cpu_s']:.0f} CPU s of training" if "train_cpu_s" in r else "no training"
+            labelled.append((f"{name}: {train_s}; 16 samples in {r['sample_cpu_s']:.0f} CPU s; patch SWD "
+                             f"{r['swd']:.3f}", Path(r["samples"])))
+    if labelled:
+        contact_sheet(photo, labelled, folder / f"{photo.stem}.png", per_row)
+
+
+def contact_sheet(photo: Path, labelled: list[tuple[str, Path]], out: Path, per_row: int = 4) -> None:
+    """The training image, then per (label, folder) a labelled row of the folder's first samples."""
     from PIL import Image, ImageDraw
 
     from sinddm.image_io import load_rgb
 
-    samples = {}
-    for kind in KINDS:
-        r = rows.get(f"{photo.stem}/{kind}", {})
-        if "samples" in r:
-            files = sorted(Path(r["samples"]).glob("sample_*.png"))[:per_row]
-            samples[kind] = (r, [Image.open(f).convert("RGB") for f in files])
-    if not samples:
-        return
-    first = next(iter(samples.values()))[1][0]
-    w, h = first.size
+    rows = [(text, [Image.open(f).convert("RGB") for f in sorted(folder.glob("sample_*.png"))[:per_row]])
+            for text, folder in labelled]
+    w, h = rows[0][1][0].size
     pad, label = 4, 16
     train = load_rgb(photo)
     train.thumbnail((w, h))
-    width = pad + (per_row + 1) * (w + pad)
-    height = pad + len(samples) * (h + label + pad)
-    sheet = Image.new("RGB", (width, height), "white")
+    sheet = Image.new("RGB", (pad + (per_row + 1) * (w + pad), pad + len(rows) * (h + label + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (kind, (r, imgs)) in enumerate(samples.items()):
+    for i, (text, imgs) in enumerate(rows):
         y = pad + i * (h + label + pad)
-        name = {"trained": "cpu.yaml", "hybrid": "hybrid-cpu.yaml", "free": "training-free"}[kind]
-        train_s = f"{r['train_cpu_s']:.0f} CPU s of training" if "train_cpu_s" in r else "no training"
-        draw.text((pad, y), f"{name}: {train_s}; 16 samples in {r['sample_cpu_s']:.0f} CPU s; patch SWD "
-                  f"{r['swd']:.3f}", fill="black")
+        draw.text((pad, y), text, fill="black")
         if i == 0:
             sheet.paste(train, (pad, y + label))
         for j, im in enumerate(imgs):
             sheet.paste(im, (pad + (j + 1) * (w + pad), y + label))
-    folder.mkdir(parents=True, exist_ok=True)
-    sheet.save(folder / f"{photo.stem}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
+def compare(args) -> None:
+    """One picture per photograph of variants measured with `sample --variant NAME --json J`: rows of
+    cpu.yaml, the hybrid as the table has it, then each NAME=J given to --variants."""
+    base = load_results(args.json)["rows"]
+    variants = [(v.rsplit("=", 1)[0], load_results(Path(v.rsplit("=", 1)[1]))["rows"]) for v in args.variants]
+    for photo in photos(args.photos):
+        labelled = []
+        for text, rows, kind, sub in [("cpu.yaml", base, "trained", "protocol"),
+                                      ("hybrid-cpu.yaml, context tau 1", base, "hybrid", "protocol"),
+                                      *[(f"hybrid-cpu.yaml, {name}", rows, "hybrid", None) for name, rows in variants]]:
+            r = rows.get(f"{photo.stem}/{kind}", {})
+            if "swd" in r:
+                labelled.append((f"{text}: patch SWD {r['swd']:.3f}, diversity {r['pixel_diversity']:.2f}",
+                                 Path(r["samples"])))
+        if len(labelled) > 2:
+            contact_sheet(photo, labelled, args.figures / f"variants-{photo.stem}.png")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["train", "sample", "table", "child"])
+    ap.add_argument("what", choices=["train", "sample", "table", "compare", "child"])
     ap.add_argument("--again", action="store_true", help="sample: redo kinds already measured")
     ap.add_argument("--candidates", type=int, default=16,
                     help="sample: the patch denoiser's candidates for hybrid and training-free (0: exact)")
@@ -274,6 +298,8 @@ def main() -> None:
     ap.add_argument("--variant", default="",
                     help="sample: a name for these settings: samples go to <run>/protocol-NAME "
                          "(use with its own --json)")
+    ap.add_argument("--variants", nargs="*", default=[], metavar="LABEL=JSON",
+                    help="compare: variants measured with sample --variant, each as its label and its --json")
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--photos", nargs="*", help="photo names (stems) to use (default: all in assets/photos)")
@@ -288,7 +314,7 @@ def main() -> None:
         print(json.dumps(sample_one(args.spec, args.out, NUM, MAX_PIXELS, args.candidates,
                                     args.context_sigma, args.patch_steps)))
         return
-    {"train": train, "sample": sample, "table": table}[args.what](args)
+    {"train": train, "sample": sample, "table": table, "compare": compare}[args.what](args)
 
 
 if __name__ == "__main__":
