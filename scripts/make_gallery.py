@@ -32,7 +32,8 @@ GAP = 4
 BACKGROUND = (255, 255, 255)
 # The photographs docs/gallery.md shows (assets/photos/NAME.jpg), their pixel cap (cpu.yaml's and
 # hybrid-cpu.yaml's) and the seed of every sample row.
-PHOTOS = ["autumn-mountains", "dandelions", "foliage", "forest-stream", "mountain-trail"]
+PHOTOS = ["autumn-mountains", "dandelions", "foliage", "forest-stream", "gravel", "mountain-trail", "summer-palace",
+          "sunset-hills"]
 PHOTO_PIXELS = 12000
 PHOTO_SEED = 6
 
