@@ -19,7 +19,7 @@ measured on (50x62 .. 200x249). Modes:
 CPU plan (no CUDA, or --device cpu): benchmarks/speed_cpu.py, which takes the options
 listed there: configs/smoke.yaml, cpu.yaml and small.yaml, fp32 against the CPU fast path,
 alternating in one process, training ms/step per scale and sampling 4 images; --main-job
-times the README's main job.
+times the shipped model's sampling command (the README's main job until 2026-12-06).
 
 Every job runs in its own Python process with a timeout, so a failing variant
 (a crash, a CUDA error, a hang) is recorded and the others still run. Results are

@@ -16,7 +16,7 @@ reports the median seconds. Wall and process CPU seconds are both kept: on a sha
 wall time includes waiting for a core, CPU time does not. The load average is recorded
 before and after every section.
 
---main-job also times the README's main job end to end (`sinddm sample` of the shipped model,
+--main-job also times the shipped model's README command end to end (`sinddm sample` of it,
 4 samples at 1x2, process start-up included), alternating `--precision fp32` and the default.
 --modes ...,compile adds fast + torch.compile training (first step per scale = compile time).
 """
