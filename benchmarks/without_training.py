@@ -274,9 +274,8 @@ def compare(args) -> None:
     variants = [(v.rsplit("=", 1)[0], load_results(Path(v.rsplit("=", 1)[1]))["rows"]) for v in args.variants]
     for photo in photos(args.photos):
         labelled = []
-        for text, rows, kind, sub in [("cpu.yaml", base, "trained", "protocol"),
-                                      ("hybrid-cpu.yaml, context tau 1", base, "hybrid", "protocol"),
-                                      *[(f"hybrid-cpu.yaml, {name}", rows, "hybrid", None) for name, rows in variants]]:
+        for text, rows, kind in [("cpu.yaml", base, "trained"), ("hybrid-cpu.yaml, context tau 1", base, "hybrid"),
+                                 *[(f"hybrid-cpu.yaml, {name}", rows, "hybrid") for name, rows in variants]]:
             r = rows.get(f"{photo.stem}/{kind}", {})
             if "swd" in r:
                 labelled.append((f"{text}: patch SWD {r['swd']:.3f}, diversity {r['pixel_diversity']:.2f}",
