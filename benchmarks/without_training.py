@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "assets/photos"
+RESULTS = REPO / "benchmarks/results"
 KINDS = {"trained": "configs/cpu.yaml", "hybrid": "configs/hybrid-cpu.yaml", "free": None}
 MAX_PIXELS = 12000          # cpu.yaml's image size: the training-free model works at the same size
 NUM = 16
@@ -49,6 +50,16 @@ def run_dir(root: Path, photo: Path, kind: str) -> Path:
 def child_cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def default_results(writing: bool) -> Path:
+    """Today's results file, for the steps that write; for those that read, the newest one there is
+    (a table made on another day than its runs), else today's."""
+    today = RESULTS / f"without-training-{datetime.date.today()}.json"
+    if writing or today.exists():
+        return today
+    dated = sorted(RESULTS.glob("without-training-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].json"))
+    return dated[-1] if dated else today
 
 
 def load_results(path: Path) -> dict:
@@ -305,10 +316,14 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*", default=list(KINDS), choices=list(KINDS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=Path, default=REPO / "runs/photos", help="run folders go here")
-    ap.add_argument("--json", type=Path, default=REPO / f"benchmarks/results/without-training-{datetime.date.today()}.json")
+    ap.add_argument("--json", type=Path,
+                    help="results file (default: train and sample write today's "
+                         "benchmarks/results/without-training-DATE.json; table and compare read the newest)")
     ap.add_argument("--figures", type=Path, default=REPO / "docs/images/without-training",
                     help="table: the per-photograph pictures go here")
     args = ap.parse_args()
+    if args.json is None:
+        args.json = default_results(args.what in ("train", "sample"))
     if args.what == "child":
         print(json.dumps(sample_one(args.spec, args.out, NUM, MAX_PIXELS, args.candidates,
                                     args.context_sigma, args.patch_steps)))
