@@ -282,7 +282,7 @@ def compare(args) -> None:
     """One picture per photograph of variants measured with `sample --variant NAME --json J`: rows of
     cpu.yaml, the hybrid as the table has it, then each NAME=J given to --variants."""
     base = load_results(args.json)["rows"]
-    variants = [(v.rsplit("=", 1)[0], load_results(Path(v.rsplit("=", 1)[1]))["rows"]) for v in args.variants]
+    variants = [(label, load_results(Path(path))["rows"]) for label, path in (v.rsplit("=", 1) for v in args.variants)]
     for photo in photos(args.photos):
         labelled = []
         for text, rows, kind in [("cpu.yaml", base, "trained"), ("hybrid-cpu.yaml, context tau 1", base, "hybrid"),
